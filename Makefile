@@ -1,0 +1,57 @@
+# Every target sets itself up on a bare machine (Python 3.10+, Node.js with npm; Debian for the browser tests).
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+MATHJAX := _site_assets/mathjax/tex-mml-chtml.js
+NB_TIMEOUT ?= 600
+CH ?=
+
+.PHONY: book test lab execute bench clean
+
+# The environment: exact pins under the full lock, then the package in editable mode.
+$(STAMP): requirements.txt constraints.txt pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --disable-pip-version-check -r requirements.txt -c constraints.txt
+	$(PY) -m pip install --quiet --disable-pip-version-check --no-deps -e .
+	touch $@
+
+# MathJax served by the site itself (html_extra_path), so formulas render offline.
+node_modules/.package-lock.json: package.json package-lock.json
+	npm ci --no-audit --no-fund --loglevel=error
+	touch $@
+
+$(MATHJAX): node_modules/.package-lock.json
+	rm -rf _site_assets/mathjax
+	mkdir -p _site_assets/mathjax/output/chtml/fonts
+	cp node_modules/mathjax/es5/tex-mml-chtml.js _site_assets/mathjax/
+	cp -r node_modules/mathjax/es5/output/chtml/fonts/woff-v2 _site_assets/mathjax/output/chtml/fonts/
+
+book: $(STAMP) $(MATHJAX)
+	rm -rf _build
+	$(VENV)/bin/jupyter-book build . -W -n --keep-going
+	@echo "The site: $(CURDIR)/_build/html/index.html"
+
+# Unit, reference, exercise and property tests; strict nbval on every chapter; the site build and a headless
+# Chromium visiting every page (tests/test_site.py finds or installs Chromium).
+test: $(STAMP) $(MATHJAX)
+	$(PY) -m pytest tests book --nbval --nbval-current-env --nbval-sanitize-with tests/sanitize.cfg \
+		-n 2 --dist loadscope -q
+
+lab: $(STAMP)
+	$(VENV)/bin/jupyter lab book/
+
+# Re-run one chapter (make execute CH=01) or all of them, in place, in a fresh kernel.
+execute: $(STAMP)
+	@set -e; for nb in book/$(if $(CH),$(CH)_*,[0-9][0-9]_*).ipynb; do \
+		echo "executing $$nb"; \
+		$(VENV)/bin/jupyter nbconvert --to notebook --execute --inplace \
+			--ExecutePreprocessor.timeout=$(NB_TIMEOUT) --ExecutePreprocessor.kernel_name=python3 "$$nb"; \
+	done
+
+bench: $(STAMP)
+	$(PY) benchmarks/run_all.py
+
+clean:
+	rm -rf _build _site_assets
