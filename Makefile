@@ -7,6 +7,9 @@ STAMP := $(VENV)/.installed
 MATHJAX := _site_assets/mathjax/tex-mml-chtml.js
 NB_TIMEOUT ?= 600
 CH ?=
+# One BLAS/OpenMP thread per process for tests and stored outputs: the 2 pytest workers then share 2 cores
+# without oversubscription (which made tiny ops 1000x slower), and floats are bit-stable (CONVENTIONS §4).
+TEST_ENV := OMP_NUM_THREADS=1 MKL_NUM_THREADS=1
 
 .PHONY: book test lab execute bench clean
 
@@ -36,7 +39,7 @@ book: $(STAMP) $(MATHJAX)
 # Unit, reference, exercise and property tests; strict nbval on every chapter; the site build and a headless
 # Chromium visiting every page (tests/test_site.py finds or installs Chromium).
 test: $(STAMP) $(MATHJAX)
-	$(PY) -m pytest tests book --nbval --nbval-current-env --nbval-sanitize-with tests/sanitize.cfg \
+	$(TEST_ENV) $(PY) -m pytest tests book --nbval --nbval-current-env --nbval-sanitize-with tests/sanitize.cfg \
 		-n 2 --dist loadscope -q
 
 lab: $(STAMP)
@@ -46,7 +49,7 @@ lab: $(STAMP)
 execute: $(STAMP)
 	@set -e; for nb in book/$(if $(CH),$(CH)_*,[0-9][0-9]_*).ipynb; do \
 		echo "executing $$nb"; \
-		$(VENV)/bin/jupyter nbconvert --to notebook --execute --inplace \
+		$(TEST_ENV) $(VENV)/bin/jupyter nbconvert --to notebook --execute --inplace \
 			--ExecutePreprocessor.timeout=$(NB_TIMEOUT) --ExecutePreprocessor.kernel_name=python3 "$$nb"; \
 	done
 

@@ -1,0 +1,63 @@
+"""The position-wise feed-forward network (Chapter 10).
+
+Applied to every token on its own: expand d_model -> d_ff, a nonlinearity, project back d_ff -> d_model.
+
+- `MLP`: GPT-2's FFN with GELU. GPT-2 uses the tanh approximation of GELU (Hendrycks & Gimpel 2016,
+  "gelu_new" in Hugging Face), so we do too: `F.gelu(x, approximate="tanh")`. It differs from the exact
+  erf GELU by < 1e-3.
+- `SwiGLU`: the gated FFN of Shazeer 2020 used by Llama: down(silu(gate(x)) * up(x)). Three matrices instead
+  of two, so Llama shrinks d_ff to about 2/3 of 4·d_model to keep the parameter count (`swiglu_hidden_dim`).
+
+Leaves out: mixture-of-experts FFNs, other GLU variants (GeGLU, ReGLU).
+"""
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+
+class MLP(nn.Module):
+    """x `(B, T, d_model)` -> fc -> GELU (tanh approx.) -> proj -> `(B, T, d_model)`."""
+
+    def __init__(self, d_model: int, d_ff: int, bias: bool = True, dropout: float = 0.0):
+        super().__init__()
+        self.fc = nn.Linear(d_model, d_ff, bias=bias)
+        self.proj = nn.Linear(d_ff, d_model, bias=bias)
+        self.dropout = nn.Dropout(dropout)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = F.gelu(self.fc(x), approximate="tanh")  # (B, T, d_ff)
+        return self.dropout(self.proj(h))  # (B, T, d_model)
+
+
+class SwiGLU(nn.Module):
+    """x `(B, T, d_model)` -> down(silu(gate(x)) * up(x)) -> `(B, T, d_model)` (Shazeer 2020, Llama)."""
+
+    def __init__(self, d_model: int, d_ff: int, bias: bool = False, dropout: float = 0.0):
+        super().__init__()
+        self.gate = nn.Linear(d_model, d_ff, bias=bias)
+        self.up = nn.Linear(d_model, d_ff, bias=bias)
+        self.down = nn.Linear(d_ff, d_model, bias=bias)
+        self.dropout = nn.Dropout(dropout)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = F.silu(self.gate(x)) * self.up(x)  # (B, T, d_ff): the gate decides how much of `up` passes
+        return self.dropout(self.down(h))  # (B, T, d_model)
+
+
+def swiglu_hidden_dim(d_model: int, multiple_of: int = 32) -> int:
+    """Llama's rule: 2/3 of 4·d_model, rounded up to a multiple of `multiple_of`.
+
+    Llama rounds to 256; the course uses 32 so that tiny models are not rounded all the way up to 4·d_model
+    (d_model=128: 341 -> 352, where 256 would give 512).
+    """
+    hidden = int(2 * 4 * d_model / 3)
+    return multiple_of * ((hidden + multiple_of - 1) // multiple_of)
+
+
+def make_ffn(config) -> nn.Module:
+    """The FFN a `GPTConfig` asks for, with d_ff = config.ffn_dim (config.d_ff, or the default of its kind)."""
+    if config.ffn == "gelu":
+        return MLP(config.d_model, config.ffn_dim, bias=config.bias, dropout=config.dropout)
+    if config.ffn == "swiglu":
+        return SwiGLU(config.d_model, config.ffn_dim, bias=config.bias, dropout=config.dropout)
+    raise ValueError(f'ffn must be "gelu" or "swiglu", got {config.ffn!r}')

@@ -1,0 +1,193 @@
+"""Generating text: one token at a time, each fed back in (Chapter 14).
+
+Each step turns the last position's logits `(B, V)` into a next token:
+
+- greedy: the most probable token (argmax);
+- temperature: divide the logits by T before the softmax; T < 1 sharpens, T > 1 flattens;
+- top-k: keep the k largest logits (Fan et al. 2018);
+- top-p (nucleus, Holtzman et al. 2019 §3.1): keep the smallest set of most probable tokens whose
+  probability mass reaches p;
+then sample from the softmax of what is left, with an explicit `torch.Generator` for reproducibility.
+Order as in Hugging Face: temperature, then top-k, then top-p.
+
+With the KV cache the prompt is run once and every later step feeds only the newest token: step t costs
+O(t) attention work instead of recomputing all t positions (O(t^2)). Batches of prompts of different
+lengths are padded on the LEFT, so every row's next token is at the last column.
+
+Leaves out: beam search, repetition penalties, stop strings/EOS handling, min-p, speculative decoding.
+"""
+import torch
+
+from .model import GPT
+
+
+def apply_temperature(logits: torch.Tensor, temperature: float) -> torch.Tensor:
+    """logits `(..., V)` / temperature (> 0)."""
+    if not temperature > 0:
+        raise ValueError(f"temperature must be > 0, got {temperature}")
+    return logits / temperature
+
+
+def top_k_filter(logits: torch.Tensor, k: int) -> torch.Tensor:
+    """Set every logit below the k-th largest of its row to -inf `(..., V)` (ties with it are kept)."""
+    if not isinstance(k, int) or isinstance(k, bool) or k < 1:
+        raise ValueError(f"top_k must be a positive int, got {k!r}")
+    k = min(k, logits.shape[-1])
+    kth_largest = torch.topk(logits, k, dim=-1).values[..., -1:]  # (..., 1)
+    return logits.masked_fill(logits < kth_largest, float("-inf"))
+
+
+def top_p_filter(logits: torch.Tensor, p: float) -> torch.Tensor:
+    """Keep the smallest set of most probable tokens whose probability reaches p; the rest -> -inf `(..., V)`.
+
+    Sorted by probability, a token is dropped when the tokens before it already hold mass >= p.
+    """
+    if not 0 < p <= 1:
+        raise ValueError(f"top_p must be in (0, 1], got {p}")
+    if p == 1:
+        return logits  # everything is kept (and float rounding of the cumulative sum cannot drop a token)
+    sorted_logits, order = torch.sort(logits, dim=-1, descending=True)
+    sorted_probs = torch.softmax(sorted_logits, dim=-1)
+    mass_before = torch.cumsum(sorted_probs, dim=-1) - sorted_probs  # mass of the strictly more probable tokens
+    drop_sorted = mass_before >= p  # never drops the first token: its mass_before is 0
+    drop = drop_sorted.scatter(-1, order, drop_sorted)  # back to vocabulary order
+    return logits.masked_fill(drop, float("-inf"))
+
+
+def _check_sampling_args(temperature, top_k, top_p, greedy):
+    if greedy:
+        return
+    if not isinstance(temperature, (int, float)) or not temperature > 0:
+        raise ValueError(f"temperature must be > 0 (use greedy=True for argmax decoding), got {temperature!r}")
+    if top_k is not None and (not isinstance(top_k, int) or isinstance(top_k, bool) or top_k < 1):
+        raise ValueError(f"top_k must be None or a positive int, got {top_k!r}")
+    if top_p is not None and (not isinstance(top_p, (int, float)) or not 0 < top_p <= 1):
+        raise ValueError(f"top_p must be None or in (0, 1], got {top_p!r}")
+
+
+def filtered_probs(logits: torch.Tensor, temperature=1.0, top_k=None, top_p=None) -> torch.Tensor:
+    """logits `(B, V)` -> the sampling distribution `(B, V)` after temperature, top-k and top-p."""
+    _check_sampling_args(temperature, top_k, top_p, greedy=False)
+    logits = apply_temperature(logits, temperature)
+    if top_k is not None:
+        logits = top_k_filter(logits, top_k)
+    if top_p is not None:
+        logits = top_p_filter(logits, top_p)
+    return torch.softmax(logits, dim=-1)
+
+
+def next_token_distribution(model: GPT, idx: torch.Tensor, temperature=1.0, top_k=None, top_p=None) -> torch.Tensor:
+    """The distribution `(B, V)` the next token of each row of idx `(B, T)` would be sampled from."""
+    with torch.no_grad():
+        logits, _ = model(idx)
+    return filtered_probs(logits[:, -1], temperature, top_k, top_p)
+
+
+def pick_next(logits: torch.Tensor, *, temperature=1.0, top_k=None, top_p=None, greedy=False, generator=None):
+    """logits `(B, V)` of the last position -> next tokens `(B, 1)`."""
+    if greedy:
+        return logits.argmax(dim=-1, keepdim=True)
+    probs = filtered_probs(logits, temperature, top_k, top_p)
+    return torch.multinomial(probs, num_samples=1, generator=generator)  # (B, 1)
+
+
+def left_pad(sequences: list[list[int]], pad_id: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    """Prompts of different lengths -> idx `(B, T_max)` padded on the left with pad_id, and the padding
+    mask `(B, T_max)` (True for real tokens)."""
+    if not sequences or any(len(s) == 0 for s in sequences):
+        raise ValueError("left_pad needs at least one sequence, and no empty sequence")
+    T = max(len(s) for s in sequences)
+    idx = torch.full((len(sequences), T), pad_id, dtype=torch.long)
+    mask = torch.zeros(len(sequences), T, dtype=torch.bool)
+    for row, s in enumerate(sequences):
+        idx[row, T - len(s):] = torch.tensor(s, dtype=torch.long)
+        mask[row, T - len(s):] = True
+    return idx, mask
+
+
+def _check_generate_args(model, idx, max_new_tokens, padding_mask):
+    if not isinstance(idx, torch.Tensor) or idx.dim() != 2 or idx.dtype != torch.long:
+        raise ValueError(f"idx must be a (B, T) LongTensor of prompt tokens, got {getattr(idx, 'dtype', type(idx))} "
+                         f"{tuple(getattr(idx, 'shape', ()))}")
+    if not isinstance(max_new_tokens, int) or isinstance(max_new_tokens, bool) or max_new_tokens < 0:
+        raise ValueError(f"max_new_tokens must be an int >= 0, got {max_new_tokens!r}")
+    T, context = idx.shape[1], model.config.context_length
+    if T + max_new_tokens > context:
+        raise ValueError(
+            f"prompt of {T} tokens + max_new_tokens={max_new_tokens} = {T + max_new_tokens} exceeds the "
+            f"context length {context}"
+        )
+    if padding_mask is not None:
+        if padding_mask.dtype != torch.bool or padding_mask.shape != idx.shape:
+            raise ValueError(f"padding_mask must be bool shaped like idx {tuple(idx.shape)}, got "
+                             f"{padding_mask.dtype} {tuple(padding_mask.shape)}")
+        # Left padding: once a row's real tokens start, they continue to the end.
+        if (padding_mask[:, :-1] & ~padding_mask[:, 1:]).any() or not padding_mask[:, -1].all():
+            raise ValueError("padding_mask must pad on the LEFT (False... then True... in every row)")
+
+
+def generate(
+    model: GPT,
+    idx: torch.Tensor,
+    max_new_tokens: int,
+    *,
+    temperature: float = 1.0,
+    top_k: int | None = None,
+    top_p: float | None = None,
+    greedy: bool = False,
+    generator: torch.Generator | None = None,
+    use_cache: bool = True,
+    padding_mask: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """Extend the prompts idx `(B, T)` by max_new_tokens tokens -> `(B, T + max_new_tokens)`.
+
+    padding_mask `(B, T)`: True for real tokens, for a batch of prompts padded on the left (see `left_pad`).
+    generator: a `torch.Generator` on the model's device, for reproducible sampling. The model runs in eval
+    mode (no dropout) and is put back in its previous mode afterwards.
+    """
+    _check_sampling_args(temperature, top_k, top_p, greedy)
+    _check_generate_args(model, idx, max_new_tokens, padding_mask)
+    choose = dict(temperature=temperature, top_k=top_k, top_p=top_p, greedy=greedy, generator=generator)
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            if use_cache:
+                return _generate_cached(model, idx, max_new_tokens, padding_mask, choose)
+            return _generate_uncached(model, idx, max_new_tokens, padding_mask, choose)
+    finally:
+        model.train(was_training)
+
+
+def _grow(padding_mask, B, device):
+    """Add one real-token column to the padding mask (None stays None)."""
+    if padding_mask is None:
+        return None
+    return torch.cat([padding_mask, torch.ones(B, 1, dtype=torch.bool, device=device)], dim=1)
+
+
+def _generate_uncached(model, idx, max_new_tokens, padding_mask, choose):
+    """Every step runs the whole sequence so far: simple, and O(t^2) work at step t."""
+    B = idx.shape[0]
+    for _ in range(max_new_tokens):
+        logits, _ = model(idx, padding_mask=padding_mask)  # (B, T, V)
+        next_token = pick_next(logits[:, -1], **choose)  # (B, 1)
+        idx = torch.cat([idx, next_token], dim=1)
+        padding_mask = _grow(padding_mask, B, idx.device)
+    return idx
+
+
+def _generate_cached(model, idx, max_new_tokens, padding_mask, choose):
+    """Run the prompt once, then feed one token per step; keys and values of the past come from the cache."""
+    B, T = idx.shape
+    if max_new_tokens == 0:
+        return idx.clone()
+    cache = model.new_cache(B, max_len=T + max_new_tokens)
+    logits, _ = model(idx, padding_mask=padding_mask, cache=cache)  # prompt: (B, T, V)
+    for step in range(max_new_tokens):
+        next_token = pick_next(logits[:, -1], **choose)  # (B, 1)
+        idx = torch.cat([idx, next_token], dim=1)
+        padding_mask = _grow(padding_mask, B, idx.device)
+        if step < max_new_tokens - 1:
+            logits, _ = model(next_token, padding_mask=padding_mask, cache=cache)  # (B, 1, V)
+    return idx

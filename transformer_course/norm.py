@@ -1,0 +1,60 @@
+"""LayerNorm and RMSNorm, written out (Chapter 9).
+
+LayerNorm (Ba et al. 2016) centres each token's vector and scales it to unit variance, then applies a learned
+gain and bias. RMSNorm (Zhang & Sennrich 2019) skips the centring and the bias: it divides by the root mean
+square only. Both normalise over the last dimension, one token at a time, and put eps inside the square root
+exactly as `nn.LayerNorm` / `nn.RMSNorm` do:
+
+    LayerNorm(x) = (x - mean(x)) / sqrt(var(x) + eps) * weight + bias      var: biased (divide by d)
+    RMSNorm(x)   = x / sqrt(mean(x^2) + eps) * weight
+
+Leaves out: normalising over several trailing dimensions, mixed-precision upcasting, BatchNorm.
+Pre-norm vs post-norm is a property of the block (`block.py`).
+"""
+import torch
+import torch.nn as nn
+
+
+class LayerNorm(nn.Module):
+    """x `(..., d)` -> `(..., d)`, zero mean and unit variance per vector, then `* weight + bias`."""
+
+    def __init__(self, d: int, eps: float = 1e-5, bias: bool = True):
+        super().__init__()
+        self.eps = eps
+        self.weight = nn.Parameter(torch.ones(d))
+        self.bias = nn.Parameter(torch.zeros(d)) if bias else None
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        mean = x.mean(dim=-1, keepdim=True)  # (..., 1)
+        var = x.var(dim=-1, keepdim=True, unbiased=False)  # (..., 1) biased, as in nn.LayerNorm
+        x_hat = (x - mean) / torch.sqrt(var + self.eps)  # (..., d)
+        out = x_hat * self.weight
+        return out + self.bias if self.bias is not None else out
+
+    def extra_repr(self) -> str:
+        return f"{self.weight.shape[0]}, eps={self.eps}, bias={self.bias is not None}"
+
+
+class RMSNorm(nn.Module):
+    """x `(..., d)` -> `(..., d)`, divided by its root mean square, then `* weight`. No centring, no bias."""
+
+    def __init__(self, d: int, eps: float = 1e-5):
+        super().__init__()
+        self.eps = eps
+        self.weight = nn.Parameter(torch.ones(d))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        inv_rms = torch.rsqrt(x.pow(2).mean(dim=-1, keepdim=True) + self.eps)  # (..., 1) 1/sqrt(mean(x^2) + eps)
+        return x * inv_rms * self.weight
+
+    def extra_repr(self) -> str:
+        return f"{self.weight.shape[0]}, eps={self.eps}"
+
+
+def make_norm(config) -> nn.Module:
+    """The norm a `GPTConfig` asks for: LayerNorm (with a bias if config.bias) or RMSNorm, over d_model."""
+    if config.norm == "layernorm":
+        return LayerNorm(config.d_model, eps=config.norm_eps, bias=config.bias)
+    if config.norm == "rmsnorm":
+        return RMSNorm(config.d_model, eps=config.norm_eps)
+    raise ValueError(f'norm must be "layernorm" or "rmsnorm", got {config.norm!r}')
