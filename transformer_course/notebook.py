@@ -66,11 +66,11 @@ def _bucket(diff: float) -> str:
     return f"max |Δ| < 1e{exponent}"
 
 
-def report_close(a, b, name: str | None = None, atol: float = 1e-5) -> float:
+def report_close(a, b, name: str | None = None, atol: float = 1e-5) -> None:
     """Print how closely two tensors agree as a stable tolerance bucket (e.g. `max |Δ| < 1e-6`).
 
     Raises `AssertionError` when they differ by more than `atol`, so a chapter cell fails loudly.
-    Returns the maximum absolute difference.
+    Returns nothing, so that it can end a notebook cell without echoing a value.
     """
     a, b = torch.as_tensor(a), torch.as_tensor(b)
     if a.shape != b.shape:
@@ -80,4 +80,3 @@ def report_close(a, b, name: str | None = None, atol: float = 1e-5) -> float:
     print(f"{prefix}{_bucket(diff)}")
     if not diff <= atol:
         raise AssertionError(f"{prefix}max |Δ| = {diff:.3g} exceeds atol = {atol:g}")
-    return diff

@@ -1,0 +1,147 @@
+"""The checker contract: results display one stable line, hints are specific, nothing raises or hangs."""
+import math
+import time
+
+import pytest
+import torch
+
+from transformer_course.exercises import CheckResult, check_tensor, checker, run_with_timeout
+
+EXPECTED = torch.arange(12, dtype=torch.float32).reshape(3, 4) / 7
+
+
+def failed_with(result, *words):
+    assert isinstance(result, CheckResult)
+    assert not result.passed, result
+    for word in words:
+        assert word in result.message, (word, result.message)
+    return result
+
+
+def test_display_is_one_stable_line():
+    ok, bad = CheckResult(True, "softmax rows sum to 1"), CheckResult(False, "shape is\n(3, 4)")
+    assert repr(ok) == str(ok) == "✅ Correct: softmax rows sum to 1"
+    assert str(bad) == "❌ Not yet: shape is (3, 4)"
+    assert ok.passed and not bad.passed
+    with pytest.raises(TypeError, match="passed"):  # `if result:` would be ambiguous
+        bool(bad)
+    assert not hasattr(ok, "_repr_html_")
+
+
+def test_check_tensor_passes_reference_and_tolerates_dtype():
+    assert check_tensor(EXPECTED.clone(), EXPECTED, name="out").passed
+    assert check_tensor(EXPECTED.double() + 1e-7, EXPECTED, name="out").passed
+    assert check_tensor(EXPECTED.clone().requires_grad_(), EXPECTED).passed
+    assert check_tensor(3.0, torch.tensor(3.0)).passed
+    assert check_tensor(torch.tensor([1, 2, 3]), torch.tensor([1, 2, 3])).passed
+
+
+@pytest.mark.parametrize("answer, words", [
+    (None, ["None", "return"]),
+    ([[0.0] * 4] * 3, ["torch.Tensor", "list", "torch.tensor("]),
+    ("abc", ["torch.Tensor", "str"]),
+    (torch.zeros(3, 4, dtype=torch.long), ["dtype int64", "floating-point"]),
+    (torch.full((3, 4), math.nan), ["NaN", "12 of 12"]),
+    (torch.zeros(3, 5), ["shape (3, 5)", "expected (3, 4)"]),
+    (EXPECTED.T.contiguous(), ["shape (4, 3)", "swapped"]),
+    (EXPECTED.reshape(2, 6), ["(2, 6)", "reshape"]),
+    (EXPECTED * 0.5, ["constant multiple", "k = 0.5"]),
+    (EXPECTED / math.sqrt(8), ["constant multiple", "k = 0.3536"]),
+    (-EXPECTED, ["k = -1"]),
+    (EXPECTED + 1e-3, ["close but not within tolerance", "0.001"]),
+    (EXPECTED.flip(0), ["different values", "max |Δ|"]),
+])
+def test_check_tensor_hints(answer, words):
+    failed_with(check_tensor(answer, EXPECTED, name="out"), *words)
+
+
+def test_inf_hints_and_masked_positions():
+    expected = torch.tensor([[0.5, -math.inf], [0.1, 0.2]])
+    assert check_tensor(expected.clone(), expected).passed  # matching -inf is fine
+    failed_with(check_tensor(torch.tensor([[0.5, 3.0], [0.1, 0.2]]), expected), "±inf", "mask")
+    failed_with(check_tensor(torch.tensor([[0.5, -math.inf], [math.inf, 0.2]]), expected), "inf", "(1, 0)")
+
+
+def test_transposed_values_of_a_square_matrix():
+    square = torch.arange(9.0).reshape(3, 3)
+    failed_with(check_tensor(square.T, square, name="W"), "transpose")
+    batched = torch.arange(18.0).reshape(2, 3, 3)
+    failed_with(check_tensor(batched.transpose(-1, -2), batched), "transpose")
+
+
+def test_integer_tensors_must_be_equal():
+    failed_with(check_tensor(torch.tensor([1, 5, 3]), torch.tensor([1, 2, 3]), name="ids"),
+                "1 of 3", "index (1,)", "got 5", "expected 2")
+
+
+def test_run_with_timeout_returns_value_or_failure():
+    assert run_with_timeout(lambda x, y=1: x + y, 2, y=3) == (5, None)
+    value, problem = run_with_timeout(lambda: 1 / 0)
+    assert value is None
+    failed_with(problem, "ZeroDivisionError", "division by zero")
+    failed_with(run_with_timeout(42)[1], "expected a function", "int")
+    failed_with(run_with_timeout(lambda: exit(3))[1], "SystemExit")
+
+
+def test_run_with_timeout_does_not_hang():
+    def hang():
+        while True:
+            time.sleep(0.01)
+
+    start = time.perf_counter()
+    value, problem = run_with_timeout(hang, timeout=0.5)
+    assert time.perf_counter() - start < 2.0
+    failed_with(problem, "did not finish within 0.5 s")
+
+
+def test_run_with_timeout_keeps_grad_mode():
+    with torch.no_grad():
+        assert run_with_timeout(torch.is_grad_enabled) == (False, None)
+    assert run_with_timeout(torch.is_grad_enabled) == (True, None)
+
+
+@checker
+def check_double(fn):
+    """A chapter-style checker: the reader writes a function that doubles a tensor."""
+    x = torch.tensor([[1.0, -2.0], [3.0, 0.5]])
+    out, problem = run_with_timeout(fn, x, timeout=0.5)
+    if problem is not None:
+        return problem
+    return check_tensor(out, 2 * x, name="double(x)")
+
+
+@pytest.mark.parametrize("answer, words", [
+    (lambda x: 2 * x, []),
+    (lambda x: x, ["constant multiple", "k = 0.5"]),
+    (lambda x: None, ["None"]),
+    (lambda x: x / 0 * 0, ["NaN"]),
+    (lambda x: (2 * x).T, ["transpose"]),
+    (lambda x: [1, 2], ["torch.Tensor", "list"]),
+    (lambda x: x.foo(), ["AttributeError", "foo"]),
+    (None, ["expected a function"]),
+    (lambda x: time.sleep(60), ["did not finish"]),
+])
+def test_checker_never_raises(answer, words):
+    start = time.perf_counter()
+    result = check_double(answer)
+    assert time.perf_counter() - start < 3.0
+    assert isinstance(result, CheckResult)
+    if words:
+        failed_with(result, *words)
+    else:
+        assert result.passed, result
+        assert str(result).startswith("✅ Correct:")
+
+
+def test_checker_turns_checker_bugs_into_results():
+    @checker
+    def broken(answer):
+        raise KeyError("oops")
+
+    @checker
+    def returns_wrong_type(answer):
+        return True
+
+    failed_with(broken(1), "KeyError", "oops")
+    failed_with(returns_wrong_type(1), "bool", "CheckResult")
+    assert broken.__name__ == "broken"

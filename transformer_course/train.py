@@ -1,0 +1,100 @@
+"""Make the course checkpoints: `python -m transformer_course.train --config tiny` (Chapter 13).
+
+Each named config in `CONFIGS` pairs a model (`GPTConfig`) with a schedule (`TrainConfig`). The data is
+always the course corpus, `synthetic_corpus(seed=0)`, tokenized with the course tokenizer and split 90/10
+into train and validation tokens. The result is one checkpoint file (`checkpoints.py`) that chapters load
+with `load_checkpoint("tiny")`.
+
+Leaves out: resuming a run, real corpora and hyper-parameter search.
+"""
+import argparse
+import dataclasses
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+from .checkpoints import CHECKPOINT_DIR, save_checkpoint
+from .data import synthetic_corpus, train_val_split
+from .model import GPT, GPTConfig
+from .tokenization import COURSE_VOCAB_SIZE, load_course_tokenizer
+from .training import TrainConfig, train
+
+CONFIGS: dict[str, tuple[GPTConfig, TrainConfig]] = {
+    # The course checkpoint: GPT-2 flavoured (learned positions, LayerNorm, GELU, tied LM head).
+    "tiny": (
+        GPTConfig.gpt2_like(vocab_size=COURSE_VOCAB_SIZE, context_length=128, n_layers=4, n_heads=4, d_model=128),
+        TrainConfig(steps=1500, batch_size=16, block_size=128, lr=3e-3, min_lr=3e-4, warmup_steps=100,
+                    eval_interval=250, eval_batches=20, seed=0),
+    ),
+    # The same size, Llama flavoured: RoPE, RMSNorm, SwiGLU, grouped-query attention with 2 KV heads.
+    "tiny-llama": (
+        GPTConfig.llama_like(vocab_size=COURSE_VOCAB_SIZE, context_length=128, n_layers=4, n_heads=4,
+                             n_kv_heads=2, d_model=128),
+        TrainConfig(steps=1500, batch_size=16, block_size=128, lr=3e-3, min_lr=3e-4, warmup_steps=100,
+                    eval_interval=250, eval_batches=20, seed=0),
+    ),
+}
+
+
+def course_data(tokenizer) -> tuple[torch.Tensor, torch.Tensor]:
+    """The course corpus as token ids, split into train (first 90 %) and validation (last 10 %)."""
+    ids = torch.tensor(tokenizer.encode(synthetic_corpus(seed=0), allowed_special="all"), dtype=torch.long)
+    return train_val_split(ids, val_fraction=0.1)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m transformer_course.train", description=__doc__.splitlines()[0])
+    parser.add_argument("--config", required=True, choices=sorted(CONFIGS), help="which named config to train")
+    parser.add_argument("--steps", type=int, help="override the number of optimizer steps")
+    parser.add_argument("--out", type=Path, help="checkpoint path (default: the shipped assets/checkpoints/NAME.pt)")
+    parser.add_argument("--device", default="cpu", help="torch device (default: cpu, as the shipped checkpoints)")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    args = parser.parse_args(argv)
+
+    model_config, train_config = CONFIGS[args.config]
+    if args.steps is not None:
+        if args.steps < 1:
+            parser.error(f"--steps must be >= 1, got {args.steps}")
+        train_config = dataclasses.replace(train_config, steps=args.steps,
+                                           warmup_steps=min(train_config.warmup_steps, args.steps),
+                                           eval_interval=min(train_config.eval_interval, args.steps))
+    train_config = dataclasses.replace(train_config, device=args.device)
+    out = args.out or CHECKPOINT_DIR / f"{args.config}.pt"
+    command = "python -m transformer_course.train " + " ".join(sys.argv[1:] if argv is None else argv)
+
+    started = time.perf_counter()
+    tokenizer = load_course_tokenizer()
+    train_ids, val_ids = course_data(tokenizer)
+    data_seconds = time.perf_counter() - started
+    torch.manual_seed(train_config.seed)
+    model = GPT(model_config)
+    print(f"{args.config}: {model.num_parameters():,} parameters; {len(train_ids):,} train / {len(val_ids):,} val "
+          f"tokens ({data_seconds:.1f} s to build); torch {torch.__version__}, {torch.get_num_threads()} "
+          f"threads, device {args.device}")
+
+    started, cpu_started = time.perf_counter(), time.process_time()
+    try:
+        history = train(model, train_ids, val_ids, train_config, progress=not args.no_progress,
+                        checkpoint_path=out, tokenizer=tokenizer, meta={"command": command, "config_name": args.config})
+    except KeyboardInterrupt:
+        print(f"interrupted; the last state is saved in {out}", file=sys.stderr)
+        return 130
+    seconds, cpu_seconds = time.perf_counter() - started, time.process_time() - cpu_started
+    final = history[-1]
+    save_checkpoint(out, model, tokenizer, command=command, config_name=args.config, steps=final["step"],
+                    val_loss=final["val_loss"], train_loss=final["train_loss"],
+                    train_seconds=round(seconds, 1), cpu_seconds=round(cpu_seconds, 1), threads=torch.get_num_threads(),
+                    train_config=train_config.to_dict(), history=history)
+    if args.no_progress:
+        for row in history:
+            print(f"step {row['step']:>6}  lr {row['lr']:.2e}  train {row['train_loss']:.4f}  val {row['val_loss']:.4f}")
+    print(f"trained {final['step']} steps in {seconds / 60:.1f} min ({seconds:.0f} s wall, {cpu_seconds:.0f} s CPU); "
+          f"final train loss {final['train_loss']:.4f}, val loss {final['val_loss']:.4f}")
+    print(f"saved {out} ({out.stat().st_size / 1e6:.1f} MB)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,235 @@
+"""Training a language model: batches, AdamW, warm-up + cosine schedule, clipping, evaluation (Chapter 13).
+
+The loop is nanoGPT's, small enough to read in one sitting: sample random windows of the token stream,
+predict every next token, step AdamW with the learning rate of a warm-up + cosine schedule, clip the
+gradient norm, and now and then estimate the train and validation loss on fixed batches.
+
+Leaves out: gradient accumulation, mixed precision, `torch.compile`, distributed data parallel and
+resuming the optimizer state; a course-sized model trains in minutes on a laptop CPU without them.
+"""
+import dataclasses
+import math
+import time
+from dataclasses import dataclass
+
+import torch
+from tqdm.auto import tqdm
+
+from .checkpoints import save_checkpoint
+
+
+@dataclass
+class TrainConfig:
+    """Everything `train` needs besides the model and the data.
+
+    `weight_decay` applies to matrices only (embeddings and linear weights, `p.dim() >= 2`), never to biases
+    and norm gains: nanoGPT's rule. `grad_clip=0` turns clipping off. `device=None` trains where the model is.
+    """
+
+    steps: int = 1000
+    batch_size: int = 32
+    block_size: int = 128
+    lr: float = 3e-3
+    min_lr: float = 3e-4
+    warmup_steps: int = 50
+    weight_decay: float = 0.1
+    betas: tuple[float, float] = (0.9, 0.95)
+    grad_clip: float = 1.0
+    eval_interval: int = 100
+    eval_batches: int = 20
+    seed: int = 0
+    device: str | None = None
+
+    def __post_init__(self):
+        self.validate()
+
+    def validate(self) -> None:
+        """Raise `ValueError` naming the first field with an impossible value."""
+        for name in ("steps", "batch_size", "block_size", "eval_interval", "eval_batches"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+                raise ValueError(f"TrainConfig.{name} must be an int >= 1, got {value!r}")
+        if not isinstance(self.warmup_steps, int) or not 0 <= self.warmup_steps <= self.steps:
+            raise ValueError(f"TrainConfig.warmup_steps must be an int in [0, steps={self.steps}], "
+                             f"got {self.warmup_steps!r}")
+        if not isinstance(self.seed, int) or isinstance(self.seed, bool):
+            raise ValueError(f"TrainConfig.seed must be an int, got {self.seed!r}")
+        if not _is_number(self.lr) or not self.lr > 0:
+            raise ValueError(f"TrainConfig.lr must be > 0, got {self.lr!r}")
+        if not _is_number(self.min_lr) or not 0 <= self.min_lr <= self.lr:
+            raise ValueError(f"TrainConfig.min_lr must be in [0, lr={self.lr}], got {self.min_lr!r}")
+        if not _is_number(self.weight_decay) or not self.weight_decay >= 0:
+            raise ValueError(f"TrainConfig.weight_decay must be >= 0, got {self.weight_decay!r}")
+        if not _is_number(self.grad_clip) or not self.grad_clip >= 0:
+            raise ValueError(f"TrainConfig.grad_clip must be >= 0 (0 = no clipping), got {self.grad_clip!r}")
+        if (not isinstance(self.betas, (tuple, list)) or len(self.betas) != 2
+                or not all(_is_number(b) and 0 <= b < 1 for b in self.betas)):
+            raise ValueError(f"TrainConfig.betas must be two numbers in [0, 1), got {self.betas!r}")
+        if self.device is not None:
+            try:
+                torch.device(self.device)
+            except (RuntimeError, TypeError) as exc:
+                raise ValueError(f"TrainConfig.device must be None or a torch device string, "
+                                 f"got {self.device!r}") from exc
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+def _is_number(x) -> bool:
+    return isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x)
+
+
+def _check_ids(ids, name: str, block_size: int) -> torch.Tensor:
+    if not isinstance(ids, torch.Tensor) or ids.dim() != 1 or ids.dtype.is_floating_point or ids.dtype == torch.bool:
+        shape = tuple(ids.shape) if isinstance(ids, torch.Tensor) else type(ids).__name__
+        raise ValueError(f"{name} must be a 1-D integer tensor of token ids, got {shape}")
+    if len(ids) <= block_size:
+        raise ValueError(f"{name} has {len(ids)} tokens; it needs more than block_size={block_size}")
+    return ids.long()
+
+
+def get_batch(ids: torch.Tensor, batch_size: int, block_size: int,
+              generator: torch.Generator | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Cut `batch_size` random windows out of the token stream `ids` (N,).
+
+    Returns inputs `x` (B, T) and targets `y` (B, T) with `y[:, t] == x[:, t + 1]`: every position is
+    trained to predict the token that follows it. T = `block_size`. Tensors stay on `ids`' device.
+    """
+    if not isinstance(batch_size, int) or batch_size < 1:
+        raise ValueError(f"batch_size must be an int >= 1, got {batch_size!r}")
+    if not isinstance(block_size, int) or block_size < 1:
+        raise ValueError(f"block_size must be an int >= 1, got {block_size!r}")
+    ids = _check_ids(ids, "ids", block_size)
+    starts = torch.randint(len(ids) - block_size, (batch_size,), generator=generator)
+    x = torch.stack([ids[i:i + block_size] for i in starts.tolist()])
+    y = torch.stack([ids[i + 1:i + 1 + block_size] for i in starts.tolist()])
+    return x, y
+
+
+def lr_at(step: int, cfg: TrainConfig) -> float:
+    """Learning rate of update `step` (0-based): linear warm-up, then cosine decay to `min_lr`.
+
+    Warm-up climbs as `lr * (step + 1) / warmup_steps`, reaching `lr` at `step = warmup_steps - 1`;
+    the cosine then falls from `lr` at `step = warmup_steps` to `min_lr` at the last update,
+    `step = steps - 1` (halfway in between it is exactly `(lr + min_lr) / 2`). Later steps stay at `min_lr`.
+    """
+    if step < 0:
+        raise ValueError(f"step must be >= 0, got {step}")
+    if step < cfg.warmup_steps:
+        return cfg.lr * (step + 1) / cfg.warmup_steps
+    decay_steps = max(1, cfg.steps - 1 - cfg.warmup_steps)
+    progress = min(1.0, (step - cfg.warmup_steps) / decay_steps)
+    return cfg.min_lr + 0.5 * (1.0 + math.cos(math.pi * progress)) * (cfg.lr - cfg.min_lr)
+
+
+@torch.no_grad()
+def estimate_loss(model: torch.nn.Module, ids: torch.Tensor, cfg: TrainConfig) -> float:
+    """Mean loss over `cfg.eval_batches` batches drawn with a generator seeded by `cfg.seed`.
+
+    The batches are the same at every call, so two estimates differ only because the model changed.
+    Runs in eval mode (no dropout) and restores the model's previous mode.
+    """
+    ids = _check_ids(ids, "ids", cfg.block_size)
+    device = _model_device(model)
+    generator = torch.Generator().manual_seed(cfg.seed)
+    was_training = model.training
+    model.eval()
+    losses = []
+    for _ in range(cfg.eval_batches):
+        x, y = get_batch(ids, cfg.batch_size, cfg.block_size, generator)
+        _, loss = model(x.to(device), y.to(device))
+        losses.append(loss.item())
+    model.train(was_training)
+    return sum(losses) / len(losses)
+
+
+def _model_device(model: torch.nn.Module) -> torch.device:
+    return next(model.parameters()).device
+
+
+def make_optimizer(model: torch.nn.Module, cfg: TrainConfig) -> torch.optim.AdamW:
+    """AdamW with weight decay on matrices (`dim >= 2`) and none on biases and norm gains."""
+    params = [p for p in model.parameters() if p.requires_grad]
+    groups = [
+        {"params": [p for p in params if p.dim() >= 2], "weight_decay": cfg.weight_decay},
+        {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0},
+    ]
+    return torch.optim.AdamW(groups, lr=cfg.lr, betas=tuple(cfg.betas))
+
+
+def train(model: torch.nn.Module, train_ids: torch.Tensor, val_ids: torch.Tensor, cfg: TrainConfig,
+          progress: bool = True, *, checkpoint_path=None, tokenizer=None, meta: dict | None = None) -> list[dict]:
+    """Train `model` in place on the token streams `train_ids` (N,) and `val_ids` (M,).
+
+    `model(x, y)` must return `(logits, loss)`. Every `cfg.eval_interval` updates, and at the start and the
+    end, the train and validation losses are estimated; the returned history holds one dict per
+    evaluation: `step` (updates done), `lr` (`lr_at(step)`), `train_loss`, `val_loss`.
+
+    `progress=True` shows a tqdm bar and prints each evaluation (the command line); notebooks pass False.
+    With `checkpoint_path` (and the `tokenizer` to store with it) the model is saved at every evaluation
+    and when training is interrupted (Ctrl-C saves, then re-raises), with `meta` added to the checkpoint.
+    """
+    cfg.validate()
+    if not isinstance(model, torch.nn.Module):
+        raise ValueError(f"model must be a torch.nn.Module, got {type(model).__name__}")
+    context_length = getattr(getattr(model, "config", None), "context_length", None)
+    if context_length is not None and cfg.block_size > context_length:
+        raise ValueError(f"TrainConfig.block_size={cfg.block_size} exceeds the model's "
+                         f"context_length={context_length}")
+    train_ids = _check_ids(train_ids, "train_ids", cfg.block_size)
+    val_ids = _check_ids(val_ids, "val_ids", cfg.block_size)
+    if checkpoint_path is not None and tokenizer is None:
+        raise ValueError("checkpoint_path needs the tokenizer to store with the model (tokenizer=...)")
+
+    if cfg.device is not None:
+        model.to(cfg.device)
+    device = _model_device(model)
+    optimizer = make_optimizer(model, cfg)
+    generator = torch.Generator().manual_seed(cfg.seed)
+    history: list[dict] = []
+    start = time.perf_counter()
+
+    def evaluate(step: int) -> None:
+        row = {"step": step, "lr": lr_at(step, cfg),
+               "train_loss": estimate_loss(model, train_ids, cfg),
+               "val_loss": estimate_loss(model, val_ids, cfg)}
+        history.append(row)
+        if progress:
+            bar.write(f"step {step:>6}  lr {row['lr']:.2e}  train {row['train_loss']:.4f}  val {row['val_loss']:.4f}")
+        if checkpoint_path is not None and step > 0:
+            save(step, row["val_loss"])
+
+    def save(step: int, val_loss: float | None, **extra) -> None:
+        save_checkpoint(checkpoint_path, model, tokenizer, **{
+            **(meta or {}), "steps": step, "val_loss": val_loss, "train_seconds": round(time.perf_counter() - start, 1),
+            "train_config": cfg.to_dict(), "history": history, **extra})
+
+    bar = tqdm(total=cfg.steps, disable=not progress, dynamic_ncols=True)
+    done = 0  # updates finished
+    model.train()
+    try:
+        evaluate(0)
+        for step in range(cfg.steps):
+            for group in optimizer.param_groups:
+                group["lr"] = lr_at(step, cfg)
+            x, y = get_batch(train_ids, cfg.batch_size, cfg.block_size, generator)
+            _, loss = model(x.to(device), y.to(device))
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            if cfg.grad_clip > 0:
+                torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+            optimizer.step()
+            done = step + 1
+            bar.update(1)
+            bar.set_postfix(loss=f"{loss.item():.4f}", refresh=False)
+            if done % cfg.eval_interval == 0 or done == cfg.steps:
+                evaluate(done)
+    except KeyboardInterrupt:
+        if checkpoint_path is not None:
+            save(done, None, interrupted=True)
+            bar.write(f"interrupted after {done} steps; saved {checkpoint_path}")
+        raise
+    finally:
+        bar.close()
+    return history
