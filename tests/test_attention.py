@@ -245,3 +245,50 @@ def test_scores_are_scaled_by_sqrt_dk():
     q, k, _ = qkv(B=1, h=1, h_kv=1, Tq=3, Tk=3, d_k=16)
     w = attention_weights(q, k)
     torch.testing.assert_close(w, torch.softmax(q @ k.transpose(-2, -1) / math.sqrt(16), -1), atol=1e-6, rtol=0)
+
+
+# ----------------------------------------------------------------------------- cross-attention (Chapter 5)
+
+
+@pytest.mark.parametrize("scale", [None, 0.25])
+@pytest.mark.parametrize("Tq, Tk", [(3, 8), (8, 3), (1, 5)])
+def test_cross_attention_matches_torch_sdpa(Tq, Tk, scale):
+    """Queries from one sequence, keys and values from another: Tq != Tk, and d_v != d_k."""
+    g = torch.Generator().manual_seed(Tq * 10 + Tk)
+    q, k = torch.randn(2, 3, Tq, 8, generator=g), torch.randn(2, 3, Tk, 8, generator=g)
+    v = torch.randn(2, 3, Tk, 5, generator=g)  # values may have their own width d_v
+    ref = F.scaled_dot_product_attention(q, k, v, scale=scale)
+    for impl in ("manual", "sdpa"):
+        out = attention(q, k, v, scale=scale, impl=impl)
+        assert out.shape == (2, 3, Tq, 5)
+        torch.testing.assert_close(out, ref, atol=ATOL, rtol=0)
+
+
+def test_cross_attention_with_projections_matches_nn_multihead_attention():
+    """The decoder's encoder-decoder attention of Vaswani et al. (2017), Sec. 3.2.3, from the pieces here."""
+    torch.manual_seed(4)
+    d_model, h = 16, 2
+    mha = nn.MultiheadAttention(d_model, h, batch_first=True)
+    target, source = torch.randn(2, 3, d_model), torch.randn(2, 6, d_model)  # decoder states, encoder output
+    pm = left_padding(2, 6, [0, 2])  # the source sentence of row 1 has two padding tokens
+    ref, _ = mha(target, source, source, key_padding_mask=~pm, need_weights=False)
+    wq, wk, wv = mha.in_proj_weight.split(d_model)
+    bq, bk, bv = mha.in_proj_bias.split(d_model)
+
+    def heads(x):  # (B, T, d_model) -> (B, h, T, d_k)
+        return x.view(x.shape[0], x.shape[1], h, d_model // h).transpose(1, 2)
+
+    q, k, v = heads(target @ wq.T + bq), heads(source @ wk.T + bk), heads(source @ wv.T + bv)
+    out = attention(q, k, v, padding_mask=pm).transpose(1, 2).reshape(2, 3, d_model)
+    torch.testing.assert_close(mha.out_proj(out), ref, atol=ATOL, rtol=0)
+
+
+def test_scale_changes_the_weights_as_a_temperature():
+    """scale multiplies the scores before the softmax: scale=0 gives uniform weights, as in SDPA."""
+    q, k, v = qkv(Tq=4, Tk=6)
+    w = attention_weights(q, k, scale=0.0)
+    torch.testing.assert_close(w, torch.full_like(w, 1 / 6), atol=1e-7, rtol=0)
+    torch.testing.assert_close(attention(q, k, v, scale=0.0), v.mean(-2, keepdim=True).expand(2, 4, 4, 8),
+                               atol=ATOL, rtol=0)
+    torch.testing.assert_close(attention(q, k, v, scale=0.0), F.scaled_dot_product_attention(q, k, v, scale=0.0),
+                               atol=ATOL, rtol=0)

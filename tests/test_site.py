@@ -107,14 +107,12 @@ def visit(browser, base: str, name: str, screenshot: pathlib.Path | None = None)
     page.goto(f"{base}/{name}", wait_until="networkidle")
     html = (HTML / name).read_text()
     if 'class="math' in html:
-        try:
-            page.wait_for_selector("mjx-container", timeout=15_000)
+        unrendered = """() => [...document.querySelectorAll('.math')]
+            .filter(e => !e.querySelector('mjx-container')).length"""
+        try:  # MathJax typesets after load; a long chapter on a busy machine can take a while
+            page.wait_for_function(f"({unrendered})() === 0", timeout=90_000)
         except Exception:
-            problems.append(f"{name}: has math but MathJax rendered none")
-        raw = page.evaluate(r"""() => [...document.querySelectorAll('.math')]
-            .filter(e => !e.querySelector('mjx-container')).length""")
-        if raw:
-            problems.append(f"{name}: {raw} formula(s) left unrendered")
+            problems.append(f"{name}: {page.evaluate(unrendered)} formula(s) left unrendered by MathJax")
     page.evaluate("window.scrollTo(0, document.body.scrollHeight)")
     page.wait_for_load_state("networkidle")
     broken = page.evaluate("""() => [...document.images]
