@@ -90,10 +90,10 @@ def attention_weights(q, k, *, causal=False, bias=None, window=None, padding_mas
 def _weights(q, k, causal, bias, window, padding_mask, scale):
     (B, h, Tq, d_k), h_kv, Tk = q.shape, k.shape[1], k.shape[2]
     scale = 1.0 / math.sqrt(d_k) if scale is None else scale
-    # Group the query heads that share a key head: (B, h_kv, h/h_kv, Tq, d_k) against (B, h_kv, 1, Tk, d_k).
-    # No copy of k is made for grouped-query attention.
-    q_grouped = q.reshape(B, h_kv, h // h_kv, Tq, d_k)
-    scores = (q_grouped @ k.unsqueeze(2).transpose(-2, -1)) * scale  # (B, h_kv, h/h_kv, Tq, Tk)
+    # The h/h_kv query heads that share a key head are stacked as extra query rows, so one matmul per key
+    # head serves its whole group and k is never copied (broadcasting k over a group dimension would be).
+    q_grouped = q.reshape(B, h_kv, (h // h_kv) * Tq, d_k)
+    scores = (q_grouped @ k.transpose(-2, -1)) * scale  # (B, h_kv, h/h_kv * Tq, Tk)
     scores = scores.reshape(B, h, Tq, Tk)
     if bias is not None:
         scores = scores + bias
@@ -119,7 +119,7 @@ def attention(
         if dropout_p > 0:
             weights = F.dropout(weights, p=dropout_p)
         (B, h, Tq, Tk), h_kv = weights.shape, k.shape[1]
-        out = weights.reshape(B, h_kv, h // h_kv, Tq, Tk) @ v.unsqueeze(2)  # (B, h_kv, h/h_kv, Tq, d_k)
+        out = weights.reshape(B, h_kv, (h // h_kv) * Tq, Tk) @ v  # (B, h_kv, h/h_kv * Tq, d_k): v not copied
         return out.reshape(B, h, Tq, v.shape[-1])
     if impl == "sdpa":
         return _sdpa(q, k, v, causal, bias, window, padding_mask, scale, dropout_p)

@@ -1,0 +1,206 @@
+"""Multi-query and grouped-query attention: KV-cache memory and converting checkpoints (Chapter 7).
+
+The attention itself lives in `attention.py`: one `Attention(d_model, n_heads, n_kv_heads)` is multi-head
+(`n_kv_heads == n_heads`), grouped-query (`1 < n_kv_heads < n_heads`) or multi-query (`n_kv_heads == 1`)
+attention. This module adds what the chapter needs around it:
+
+- `kv_cache_bytes`: the memory a KV cache holds, 2 (K and V) x L x h_kv x d_k x T x B x bytes per number;
+- `repeat_kv`: the naive way to run grouped-query attention, copying each key/value head to its query heads
+  (what Hugging Face's Llama does before attention);
+- `grouped_attention`: the same result with no copy: each group's query heads become rows of one matmul
+  against the shared key head (the fast path for decoding over a long cache);
+- `mean_pool_kv_heads` / `mha_to_gqa`: turning a multi-head checkpoint into a grouped-query one by averaging
+  the key and value projection heads of each group (Ainslie et al. 2023, §2.1);
+- `python -m transformer_course.gqa --uptrain`: convert the shipped `tiny` checkpoint and train it a little
+  further ("uptraining"), writing `assets/checkpoints/tiny-mqa.pt`.
+
+Leaves out: other conversions Ainslie et al. compare (choosing one head, random initialisation), multi-head
+latent attention, and paged or quantised caches.
+"""
+import argparse
+import dataclasses
+import math
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+from .attention import allowed_mask
+from .model import GPT
+
+UPTRAIN_STEPS = 150  # 10 % of the 1500 steps that made `tiny` (Ainslie et al. uptrain with 5 % of pre-training)
+
+
+def _int(name, value, minimum=1):
+    if not isinstance(value, int) or isinstance(value, bool) or value < minimum:
+        raise ValueError(f"{name} must be an int >= {minimum}, got {value!r}")
+    return value
+
+
+def kv_cache_bytes(config, seq_len: int, batch_size: int = 1, dtype_bytes: int = 4) -> int:
+    """Bytes a KV cache holds for `seq_len` tokens of `batch_size` sequences.
+
+    2 (K and V) x L x h_kv x d_k x T x B x dtype_bytes. `config` is a `GPTConfig` or a mapping with
+    `n_layers`, `n_heads`, `d_model` and optionally `n_kv_heads` (default n_heads) and `d_k`
+    (default d_model / n_heads), e.g. a published model's numbers. float32 is 4 bytes, bfloat16 2.
+    """
+    if isinstance(config, dict):
+        missing = {"n_layers", "n_heads"} - config.keys()
+        if missing or ("d_model" not in config and "d_k" not in config):
+            raise ValueError(f"config needs n_layers, n_heads and d_model (or d_k), got keys {sorted(config)}")
+        n_layers, n_heads = config["n_layers"], _int("n_heads", config["n_heads"])
+        h_kv = config.get("n_kv_heads") or n_heads
+        d_k = config["d_k"] if "d_k" in config else config["d_model"] // n_heads
+    elif all(hasattr(config, a) for a in ("n_layers", "h_kv", "d_k")):
+        n_layers, h_kv, d_k = config.n_layers, config.h_kv, config.d_k
+    else:
+        raise ValueError(f"config must be a GPTConfig or a dict of numbers, got {type(config).__name__}")
+    for name, value in (("n_layers", n_layers), ("n_kv_heads", h_kv), ("d_k", d_k), ("seq_len", seq_len),
+                        ("batch_size", batch_size), ("dtype_bytes", dtype_bytes)):
+        _int(name, value)
+    return 2 * n_layers * h_kv * d_k * seq_len * batch_size * dtype_bytes
+
+
+def repeat_kv(x: torch.Tensor, n_rep: int) -> torch.Tensor:
+    """Copy each key/value head `n_rep` times: `(B, h_kv, T, d_k)` -> `(B, h_kv * n_rep, T, d_k)`.
+
+    Head g lands on heads g*n_rep ... (g+1)*n_rep - 1, the query heads that read it. This materialises
+    n_rep copies; `attention.attention` gets the same result by grouping the queries instead.
+    """
+    if not isinstance(x, torch.Tensor) or x.dim() != 4:
+        raise ValueError(f"x must be a 4-D tensor (B, h_kv, T, d_k), got {getattr(x, 'shape', type(x))}")
+    _int("n_rep", n_rep)
+    B, h_kv, T, d_k = x.shape
+    return x[:, :, None].expand(B, h_kv, n_rep, T, d_k).reshape(B, h_kv * n_rep, T, d_k)
+
+
+def grouped_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, causal: bool = False) -> torch.Tensor:
+    """Grouped-query attention that copies nothing: q `(B, h, Tq, d_k)`, k, v `(B, h_kv, Tk, d_k)` -> `(B, h, Tq, d_k)`.
+
+    The r = h / h_kv query heads of a group are stacked as r * Tq rows of ONE matrix product with their
+    shared key head: `(B, h_kv, r*Tq, d_k) @ (B, h_kv, d_k, Tk)`. No batch dimension is broadcast, so neither
+    k nor v is expanded or copied (broadcasting a batch dimension in `torch.matmul` materialises it). This is
+    the shape of a decoding step with a KV cache; `causal` uses the end-aligned mask of `attention`.
+    """
+    for name, t in (("q", q), ("k", k), ("v", v)):
+        if not isinstance(t, torch.Tensor) or t.dim() != 4:
+            raise ValueError(f"{name} must be a 4-D tensor, got {getattr(t, 'shape', type(t))}")
+    (B, h, Tq, d_k), (Bk, h_kv, Tk, d_kk) = q.shape, k.shape
+    if Bk != B or d_kk != d_k or v.shape[:3] != k.shape[:3] or h % h_kv:
+        raise ValueError(f"q (B, h, Tq, d_k) = {tuple(q.shape)} and k, v (B, h_kv, Tk, d_k) = {tuple(k.shape)}, "
+                         f"{tuple(v.shape)} must agree in B, d_k and have h a multiple of h_kv")
+    r = h // h_kv
+    rows = q.reshape(B, h_kv, r * Tq, d_k)  # a group's query heads one after another: contiguous, no copy
+    scores = (rows @ k.transpose(-2, -1)) / math.sqrt(d_k)  # (B, h_kv, r*Tq, Tk)
+    if causal:
+        allowed = allowed_mask(Tq, Tk, causal=True, device=q.device)  # (Tq, Tk)
+        scores = scores.reshape(B, h_kv, r, Tq, Tk).masked_fill(~allowed, float("-inf")).reshape(B, h_kv, r * Tq, Tk)
+    out = torch.softmax(scores, dim=-1) @ v  # (B, h_kv, r*Tq, d_k)
+    return out.reshape(B, h, Tq, v.shape[-1])
+
+
+def mean_pool_kv_heads(w: torch.Tensor, n_heads: int, n_kv_heads: int) -> torch.Tensor:
+    """Average the heads of a key or value projection in groups of n_heads / n_kv_heads consecutive heads.
+
+    w: a weight `(n_heads * d_k, d_in)` or bias `(n_heads * d_k,)`, rows head by head (as in `nn.Linear`).
+    Returns `(n_kv_heads * d_k, d_in)` (or `(n_kv_heads * d_k,)`): new head g is the mean of old heads
+    g*r ... (g+1)*r - 1 with r = n_heads / n_kv_heads, the query heads that will share it.
+    """
+    _int("n_heads", n_heads)
+    _int("n_kv_heads", n_kv_heads)
+    if n_heads % n_kv_heads:
+        raise ValueError(f"n_heads={n_heads} must be a multiple of n_kv_heads={n_kv_heads}")
+    if not isinstance(w, torch.Tensor) or w.dim() not in (1, 2) or w.shape[0] % n_heads:
+        raise ValueError(f"w must be (n_heads*d_k, d_in) or (n_heads*d_k,) with n_heads={n_heads}, "
+                         f"got {getattr(w, 'shape', type(w))}")
+    d_k = w.shape[0] // n_heads
+    grouped = w.reshape(n_kv_heads, n_heads // n_kv_heads, d_k, *w.shape[1:])  # (h_kv, r, d_k, [d_in])
+    return grouped.mean(dim=1).reshape(n_kv_heads * d_k, *w.shape[1:])
+
+
+def mha_to_gqa(model: GPT, n_kv_heads: int) -> GPT:
+    """A copy of `model` with `n_kv_heads` key/value heads, made by mean-pooling its key and value heads.
+
+    Query, output, FFN, norm and embedding weights are copied unchanged. Works from any number of key/value
+    heads that `n_kv_heads` divides (MHA -> GQA, GQA -> MQA). The original model is not modified.
+    """
+    if not isinstance(model, GPT):
+        raise ValueError(f"model must be a course GPT, got {type(model).__name__}")
+    c = model.config
+    _int("n_kv_heads", n_kv_heads)
+    if c.h_kv % n_kv_heads:
+        raise ValueError(f"the model's {c.h_kv} key/value heads must be a multiple of n_kv_heads={n_kv_heads}")
+    new_config = dataclasses.replace(c, n_kv_heads=n_kv_heads)
+    q_dim, kv_dim = c.n_heads * c.d_k, c.h_kv * c.d_k
+    state = {}
+    for name, t in model.state_dict().items():
+        t = t.detach()
+        if ".attn.qkv." in name:  # fused rows [q; k; v]
+            q, k, v = t.split([q_dim, kv_dim, kv_dim], dim=0)
+            t = torch.cat([q, mean_pool_kv_heads(k, c.h_kv, n_kv_heads),
+                           mean_pool_kv_heads(v, c.h_kv, n_kv_heads)], dim=0)
+        elif ".attn.k_proj." in name or ".attn.v_proj." in name:
+            t = mean_pool_kv_heads(t, c.h_kv, n_kv_heads)
+        state[name] = t.clone()
+    new = GPT(new_config)
+    new.load_state_dict(state)
+    device = next(model.parameters()).device
+    return new.to(device).train(model.training)
+
+
+def uptrain_config(steps: int = UPTRAIN_STEPS, seed: int = 1):
+    """The schedule of the uptraining run: a short warm-up, then cosine decay from a third of tiny's peak rate."""
+    from .training import TrainConfig
+
+    return TrainConfig(steps=steps, batch_size=16, block_size=128, lr=1e-3, min_lr=1e-4,
+                       warmup_steps=min(15, steps), eval_interval=max(1, min(50, steps)), eval_batches=20, seed=seed)
+
+
+def main(argv: list[str] | None = None) -> int:
+    from .checkpoints import CHECKPOINT_DIR, load_checkpoint, save_checkpoint
+    from .train import course_data
+    from .training import estimate_loss, train
+
+    parser = argparse.ArgumentParser(prog="python -m transformer_course.gqa",
+                                     description="Convert a checkpoint to grouped-query attention and uptrain it.")
+    parser.add_argument("--uptrain", action="store_true", required=True, help="convert, then train further")
+    parser.add_argument("--source", default="tiny", help="checkpoint to convert (default: the shipped tiny)")
+    parser.add_argument("--n-kv-heads", type=int, default=1, help="key/value heads after conversion (default 1: MQA)")
+    parser.add_argument("--steps", type=int, default=UPTRAIN_STEPS, help=f"uptraining steps (default {UPTRAIN_STEPS})")
+    parser.add_argument("--out", type=Path, help="checkpoint path (default: assets/checkpoints/tiny-mqa.pt or "
+                                                 "tiny-gqaN.pt)")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    args = parser.parse_args(argv)
+    if args.steps < 1:
+        parser.error(f"--steps must be >= 1, got {args.steps}")
+
+    source, tokenizer, source_meta = load_checkpoint(args.source)
+    name = "tiny-mqa" if args.n_kv_heads == 1 else f"tiny-gqa{args.n_kv_heads}"
+    out = args.out or CHECKPOINT_DIR / f"{name}.pt"
+    command = "python -m transformer_course.gqa " + " ".join(sys.argv[1:] if argv is None else argv)
+    cfg = uptrain_config(args.steps)
+    train_ids, val_ids = course_data(tokenizer)
+    model = mha_to_gqa(source, args.n_kv_heads)
+    torch.manual_seed(cfg.seed)
+    before = estimate_loss(source, val_ids, cfg)
+    print(f"{args.source}: {source.config.h_kv} key/value heads -> {args.n_kv_heads}; "
+          f"{torch.get_num_threads()} threads")
+
+    started = time.perf_counter()
+    history = train(model, train_ids, val_ids, cfg, progress=not args.no_progress)
+    seconds = time.perf_counter() - started
+    final = history[-1]
+    save_checkpoint(out, model, tokenizer, command=command, config_name=name, source=args.source,
+                    source_steps=source_meta.get("steps"), steps=final["step"], val_loss=final["val_loss"],
+                    train_loss=final["train_loss"], source_val_loss=before, converted_val_loss=history[0]["val_loss"],
+                    train_seconds=round(seconds, 1), threads=torch.get_num_threads(),
+                    train_config=cfg.to_dict(), history=history)
+    print(f"val loss: {before:.4f} before conversion, {history[0]['val_loss']:.4f} right after, "
+          f"{final['val_loss']:.4f} after {final['step']} uptraining steps ({seconds:.0f} s)")
+    print(f"saved {out} ({out.stat().st_size / 1e6:.1f} MB)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
