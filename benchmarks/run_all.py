@@ -1,6 +1,6 @@
 """`make bench`: every benchmark of the course, one after the other, each in its own Python process.
 
-Prints the Markdown tables of `train_step.py`, `generation.py`, `sparse_attention.py` and `chapter_times.py`, with
+Prints the Markdown tables of every script in `SCRIPTS`, in order, with
 the load of the machine before and after each (other work on the machine skews the times: read the tables
 with it in mind). Exits non-zero if any script failed. Nothing is downloaded. About 3 minutes here
 (2 CPU cores) plus the chapters' own time.
@@ -13,7 +13,7 @@ import time
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
-SCRIPTS = ["train_step.py", "generation.py", "sparse_attention.py", "chapter_times.py"]
+SCRIPTS = ["train_step.py", "generation.py", "tokenizer_training.py", "sparse_attention.py", "chapter_times.py"]
 
 
 def load() -> str:

@@ -11,6 +11,9 @@ Two trainers give exactly the same merges:
 - `train_fast`, used by `BPETokenizer.train`: each distinct chunk is counted once, and a merge only
   updates the pair counts of the chunks it touched; a heap finds the next pair, skipping stale entries.
 
+`to_hf_tokenizer` translates a trained tokenizer into a Hugging Face `tokenizers.Tokenizer` with the same
+vocabulary and merges, so that its independent BPE code can check our ids.
+
 The course tokenizer (`load_course_tokenizer()`, V = `COURSE_VOCAB_SIZE` = 1024) was trained on
 `data.synthetic_corpus(seed=0)`; rebuild it with `python -m transformer_course.tokenization --rebuild`.
 
@@ -361,6 +364,54 @@ class BPETokenizer:
     @classmethod
     def load(cls, path) -> "BPETokenizer":
         return cls.from_dict(json.loads(Path(path).read_text(encoding="utf-8")))
+
+
+# --------------------------------------------------------------------------------------------------------
+# The same tokenizer in Hugging Face `tokenizers` (Chapter 2 checks our ids against it)
+
+
+def gpt2_bytes_to_unicode() -> dict[int, str]:
+    """GPT-2's printable stand-in for each byte (openai/gpt-2, src/encoder.py): byte -> one character.
+
+    Printable Latin-1 bytes stand for themselves ("a" -> "a"); the other 68 (controls, the space, ...) get
+    the characters from U+0100 on, in byte order: the space (byte 32) becomes "Ġ", the newline (10) "Ċ".
+    Vocabulary files of GPT-2 and of Hugging Face byte-level BPEs spell tokens this way (" like" -> "Ġlike").
+    """
+    printable = [*range(ord("!"), ord("~") + 1), *range(ord("¡"), ord("¬") + 1), *range(ord("®"), ord("ÿ") + 1)]
+    others = [b for b in range(256) if b not in printable]
+    mapping = {b: chr(b) for b in printable}
+    mapping.update({b: chr(256 + n) for n, b in enumerate(others)})
+    return dict(sorted(mapping.items()))
+
+
+def to_hf_tokenizer(tokenizer: BPETokenizer):
+    """Our vocabulary and merges as a Hugging Face `tokenizers.Tokenizer` (the optional `tokenizers` package).
+
+    The result is only a translation of the format: Hugging Face's own BPE code does the encoding, so equal ids
+    check our `encode` against an implementation nobody here wrote. Any split pattern works, or none (the whole
+    text is one chunk); special tokens are added with the same ids.
+    """
+    if not isinstance(tokenizer, BPETokenizer):
+        raise ValueError(f"tokenizer must be a BPETokenizer, got {type(tokenizer).__name__}")
+    from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers
+
+    b2u = gpt2_bytes_to_unicode()
+    special_ids = set(tokenizer.special_tokens.values())
+    spelled = ["".join(b2u[b] for b in tokenizer.vocab[i]) for i in range(tokenizer.vocab_size)]
+    vocab = {spelled[i]: i for i in range(tokenizer.vocab_size) if i not in special_ids}
+    if len(vocab) != tokenizer.vocab_size - len(special_ids):
+        raise ValueError("two ids of this tokenizer have the same bytes; Hugging Face's BPE needs them distinct")
+    merges = [(spelled[a], spelled[b]) for a, b in tokenizer.merges]
+    hf = Tokenizer(models.BPE(vocab=vocab, merges=merges))
+    byte_level = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)  # bytes -> b2u characters
+    if tokenizer.pattern is None:
+        hf.pre_tokenizer = byte_level
+    else:
+        hf.pre_tokenizer = pre_tokenizers.Sequence([
+            pre_tokenizers.Split(Regex(tokenizer.pattern), behavior="isolated"), byte_level])
+    hf.decoder = decoders.ByteLevel()
+    hf.add_special_tokens(list(tokenizer.special_tokens))  # ids follow the merges, as ours do
+    return hf
 
 
 # --------------------------------------------------------------------------------------------------------
