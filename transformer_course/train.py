@@ -35,6 +35,32 @@ CONFIGS: dict[str, tuple[GPTConfig, TrainConfig]] = {
         TrainConfig(steps=1500, batch_size=16, block_size=128, lr=3e-3, min_lr=3e-4, warmup_steps=100,
                     eval_interval=250, eval_batches=20, seed=0),
     ),
+    # Chapter 3's weight-tying pair: one small GPT-2-flavoured model trained twice with the same schedule and
+    # seed, once with the LM head tied to the token table and once with a head of its own.
+    "small-tied": (
+        GPTConfig.gpt2_like(vocab_size=COURSE_VOCAB_SIZE, context_length=128, n_layers=2, n_heads=4, d_model=64),
+        TrainConfig(steps=1500, batch_size=16, block_size=128, lr=3e-3, min_lr=3e-4, warmup_steps=100,
+                    eval_interval=250, eval_batches=20, seed=0),
+    ),
+    "small-untied": (
+        GPTConfig.gpt2_like(vocab_size=COURSE_VOCAB_SIZE, context_length=128, n_layers=2, n_heads=4, d_model=64,
+                            tie_weights=False),
+        TrainConfig(steps=1500, batch_size=16, block_size=128, lr=3e-3, min_lr=3e-4, warmup_steps=100,
+                    eval_interval=250, eval_batches=20, seed=0),
+    ),
+    # Chapter 4's length-extrapolation models: one small GPT-2-flavoured model per positional scheme, with the
+    # same schedule and seed. context_length=128 lets them be evaluated on 128 tokens, but they train on windows
+    # of block_size=64, so positions 64..127 never occur in training (rows 64..127 of a learned table never
+    # receive a gradient).
+    **{
+        f"pos-{scheme}": (
+            GPTConfig.gpt2_like(vocab_size=COURSE_VOCAB_SIZE, context_length=128, n_layers=2, n_heads=4,
+                                d_model=64, positional=scheme),
+            TrainConfig(steps=1500, batch_size=32, block_size=64, lr=3e-3, min_lr=3e-4, warmup_steps=100,
+                        eval_interval=250, eval_batches=20, seed=0),
+        )
+        for scheme in ("none", "learned", "sinusoidal", "rope", "alibi")
+    },
 }
 
 
