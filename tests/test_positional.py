@@ -8,6 +8,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from transformers import LlamaConfig
 from transformers.models.bloom.modeling_bloom import build_alibi_tensor
+from transformers.models.distilbert.modeling_distilbert import create_sinusoidal_embeddings
 from transformers.models.llama.modeling_llama import LlamaRotaryEmbedding, apply_rotary_pos_emb
 
 from transformer_course.positional import (
@@ -40,6 +41,14 @@ def test_sinusoidal_matches_the_formula_elementwise():
             angle = pos / 10000 ** (2 * i / d)
             assert abs(pe[pos, 2 * i] - math.sin(angle)) < 1e-5
             assert abs(pe[pos, 2 * i + 1] - math.cos(angle)) < 1e-5
+
+
+@pytest.mark.parametrize("T, d", [(1, 2), (64, 16), (128, 128)])
+def test_sinusoidal_matches_distilbert(T, d):
+    """DistilBERT's sinusoidal option builds the same interleaved table (NumPy, float64)."""
+    reference = create_sinusoidal_embeddings(T, d, torch.empty(T, d))
+    # float32 angles near 127 radians are rounded to ~8e-6, so the sines agree to about that
+    torch.testing.assert_close(sinusoidal_encoding(T, d), reference, atol=2e-5, rtol=0)
 
 
 @given(p=st.integers(0, 40), offset=st.integers(0, 40))
@@ -183,3 +192,21 @@ def test_alibi_gives_the_same_causal_attention_as_bloom():
     ours = torch.softmax((scores + alibi_bias(h, T)).masked_fill(~causal, float("-inf")), -1)
     ref = torch.softmax((scores + bloom).masked_fill(~causal, float("-inf")), -1)
     torch.testing.assert_close(ours, ref, atol=1e-6, rtol=0)
+
+
+# ----------------------------------------------------------------------------- Chapter 4's extrapolation models
+
+
+def test_extrapolation_configs_train_short_and_share_one_schedule():
+    """pos-*: one model per scheme, same schedule and seed, trained on half the positions they can be run on."""
+    from transformer_course.model import POSITIONAL
+    from transformer_course.train import CONFIGS
+
+    schedules = set()
+    for scheme in POSITIONAL:
+        model_config, train_config = CONFIGS[f"pos-{scheme}"]
+        assert model_config.positional == scheme
+        assert 2 * train_config.block_size == model_config.context_length
+        others = {k: v for k, v in model_config.to_dict().items() if k != "positional"}
+        schedules.add((repr(sorted(others.items())), repr(train_config)))
+    assert len(schedules) == 1
