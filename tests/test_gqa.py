@@ -146,16 +146,13 @@ def test_uptrain_command_runs(tmp_path, capsys):
 
 @pytest.mark.parametrize("h_kv", [8, 4, 2, 1])
 @pytest.mark.parametrize("Tq, Tk, causal", [(1, 9, False), (1, 9, True), (6, 6, True), (3, 7, True), (4, 5, False)])
-def test_grouped_attention_matches_attention_and_sdpa(h_kv, Tq, Tk, causal):
+def test_package_attention_groups_like_repeat_kv_and_sdpa(h_kv, Tq, Tk, causal):
     g = torch.Generator().manual_seed(h_kv * 10 + Tq)
     q = torch.randn(2, 8, Tq, 4, generator=g)
     k, v = torch.randn(2, h_kv, Tk, 4, generator=g), torch.randn(2, h_kv, Tk, 4, generator=g)
-    from transformer_course.gqa import grouped_attention
-
-    out = grouped_attention(q, k, v, causal=causal)
-    torch.testing.assert_close(out, attention(q, k, v, causal=causal), atol=1e-6, rtol=1e-5)
+    out = attention(q, k, v, causal=causal)
+    r = 8 // h_kv
+    torch.testing.assert_close(out, attention(q, repeat_kv(k, r), repeat_kv(v, r), causal=causal), atol=1e-6, rtol=1e-5)
     if not causal or Tq == Tk:
         ref = F.scaled_dot_product_attention(q, k, v, is_causal=causal, enable_gqa=True)
         torch.testing.assert_close(out, ref, atol=1e-6, rtol=1e-5)
-    with pytest.raises(ValueError):
-        grouped_attention(q, k[:, :, :, :3], v)

@@ -2,13 +2,12 @@
 
 The attention itself lives in `attention.py`: one `Attention(d_model, n_heads, n_kv_heads)` is multi-head
 (`n_kv_heads == n_heads`), grouped-query (`1 < n_kv_heads < n_heads`) or multi-query (`n_kv_heads == 1`)
-attention. This module adds what the chapter needs around it:
+attention, and `attention()` stacks each group's query heads as rows of one matmul against their shared key
+head, so it never copies keys or values. This module adds what the chapter needs around it:
 
 - `kv_cache_bytes`: the memory a KV cache holds, 2 (K and V) x L x h_kv x d_k x T x B x bytes per number;
 - `repeat_kv`: the naive way to run grouped-query attention, copying each key/value head to its query heads
   (what Hugging Face's Llama does before attention);
-- `grouped_attention`: the same result with no copy: each group's query heads become rows of one matmul
-  against the shared key head (the fast path for decoding over a long cache);
 - `mean_pool_kv_heads` / `mha_to_gqa`: turning a multi-head checkpoint into a grouped-query one by averaging
   the key and value projection heads of each group (Ainslie et al. 2023, §2.1);
 - `python -m transformer_course.gqa --uptrain`: convert the shipped `tiny` checkpoint and train it a little
@@ -19,14 +18,12 @@ latent attention, and paged or quantised caches.
 """
 import argparse
 import dataclasses
-import math
 import sys
 import time
 from pathlib import Path
 
 import torch
 
-from .attention import allowed_mask
 from .model import GPT
 
 UPTRAIN_STEPS = 150  # 10 % of the 1500 steps that made `tiny` (Ainslie et al. uptrain with 5 % of pre-training)
@@ -73,31 +70,6 @@ def repeat_kv(x: torch.Tensor, n_rep: int) -> torch.Tensor:
     _int("n_rep", n_rep)
     B, h_kv, T, d_k = x.shape
     return x[:, :, None].expand(B, h_kv, n_rep, T, d_k).reshape(B, h_kv * n_rep, T, d_k)
-
-
-def grouped_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, causal: bool = False) -> torch.Tensor:
-    """Grouped-query attention that copies nothing: q `(B, h, Tq, d_k)`, k, v `(B, h_kv, Tk, d_k)` -> `(B, h, Tq, d_k)`.
-
-    The r = h / h_kv query heads of a group are stacked as r * Tq rows of ONE matrix product with their
-    shared key head: `(B, h_kv, r*Tq, d_k) @ (B, h_kv, d_k, Tk)`. No batch dimension is broadcast, so neither
-    k nor v is expanded or copied (broadcasting a batch dimension in `torch.matmul` materialises it). This is
-    the shape of a decoding step with a KV cache; `causal` uses the end-aligned mask of `attention`.
-    """
-    for name, t in (("q", q), ("k", k), ("v", v)):
-        if not isinstance(t, torch.Tensor) or t.dim() != 4:
-            raise ValueError(f"{name} must be a 4-D tensor, got {getattr(t, 'shape', type(t))}")
-    (B, h, Tq, d_k), (Bk, h_kv, Tk, d_kk) = q.shape, k.shape
-    if Bk != B or d_kk != d_k or v.shape[:3] != k.shape[:3] or h % h_kv:
-        raise ValueError(f"q (B, h, Tq, d_k) = {tuple(q.shape)} and k, v (B, h_kv, Tk, d_k) = {tuple(k.shape)}, "
-                         f"{tuple(v.shape)} must agree in B, d_k and have h a multiple of h_kv")
-    r = h // h_kv
-    rows = q.reshape(B, h_kv, r * Tq, d_k)  # a group's query heads one after another: contiguous, no copy
-    scores = (rows @ k.transpose(-2, -1)) / math.sqrt(d_k)  # (B, h_kv, r*Tq, Tk)
-    if causal:
-        allowed = allowed_mask(Tq, Tk, causal=True, device=q.device)  # (Tq, Tk)
-        scores = scores.reshape(B, h_kv, r, Tq, Tk).masked_fill(~allowed, float("-inf")).reshape(B, h_kv, r * Tq, Tk)
-    out = torch.softmax(scores, dim=-1) @ v  # (B, h_kv, r*Tq, d_k)
-    return out.reshape(B, h, Tq, v.shape[-1])
 
 
 def mean_pool_kv_heads(w: torch.Tensor, n_heads: int, n_kv_heads: int) -> torch.Tensor:
