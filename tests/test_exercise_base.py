@@ -145,3 +145,15 @@ def test_checker_turns_checker_bugs_into_results():
     failed_with(broken(1), "KeyError", "oops")
     failed_with(returns_wrong_type(1), "bool", "CheckResult")
     assert broken.__name__ == "broken"
+
+
+def test_as_int_accepts_counts_and_names_what_it_wanted():
+    from transformer_course.exercises.base import as_int
+
+    assert as_int(7, "a count") == (7, None)
+    assert as_int(torch.tensor(7), "a count") == (7, None)
+    assert as_int(7.0, "a count") == (7, None)
+    for bad in (7.5, True, "7", None, torch.tensor([1, 2])):
+        value, problem = as_int(bad, "a count of FLOPs")
+        assert value is None and not problem.passed
+        assert problem.message.startswith("return an int (a count of FLOPs), got ")

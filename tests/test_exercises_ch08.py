@@ -84,7 +84,8 @@ def test_earliest_input_hints():
     check(lambda t, p, w: max(0, t - len(p) * w) if "global" not in p else 0, "window-1 positions back")
     check(lambda t, p, w: max(0, t - len(p) * (w - 1)), "global")
     check(lambda t, p, w: max(0, t - (w - 1)) if "global" not in p else 0, "each of the")
-    check(lambda t, p, w: float(earliest_input(t, p, w)), "return an int")
+    check(lambda t, p, w: earliest_input(t, p, w) + 0.5, "return an int")
+    assert ch08.check_earliest_input(lambda t, p, w: float(earliest_input(t, p, w))).passed
 
 
 def test_checkers_never_crash():

@@ -68,6 +68,20 @@ def _call(fn, args, kwargs, timeout: float) -> tuple[str, object]:
     return outcome[0] if outcome else ("timeout", None)
 
 
+def as_int(value, what: str) -> tuple[int | None, CheckResult | None]:
+    """The reader's answer as an int: `(n, None)`, or `(None, failed CheckResult)` naming `what` it should count.
+
+    Accepts an int, a one-element tensor or an integral float (3.0); refuses bools, strings, None and the rest.
+    """
+    if isinstance(value, torch.Tensor) and value.numel() == 1:
+        value = value.item()
+    if isinstance(value, float) and value.is_integer():
+        value = int(value)
+    if not isinstance(value, int) or isinstance(value, bool):
+        return None, CheckResult(False, f"return an int ({what}), got {type(value).__name__}")
+    return value, None
+
+
 def _describe(exc: BaseException) -> str:
     text = str(exc).strip()
     return f"{type(exc).__name__}: {text}" if text else type(exc).__name__

@@ -3,7 +3,7 @@ import torch
 
 from ..generation import generate
 from ..model import GPT, GPTConfig
-from .base import CheckResult, check_tensor, checker, run_with_timeout
+from .base import CheckResult, as_int, check_tensor, checker, run_with_timeout
 
 # GPT-2 small (Radford et al. 2019): V = 50257, 1024 positions, L = 12, d_model = 768, 12 heads, tied head.
 # Hugging Face's GPT2LMHeadModel reports 124,439,808 parameters for it, independent of this package.
@@ -29,10 +29,9 @@ def check_count_parameters(fn) -> CheckResult:
         got, problem = run_with_timeout(fn, cfg)
         if problem is not None:
             return problem
-        if isinstance(got, torch.Tensor) and got.numel() == 1:
-            got = got.item()
-        if not isinstance(got, int) or isinstance(got, bool):
-            return CheckResult(False, f"return an int (a count), got {type(got).__name__}")
+        got, problem = as_int(got, "a count")
+        if problem is not None:
+            return problem
         if got != expected:
             return CheckResult(False, f"for {name}: got {got:,}, expected {expected:,}. "
                                       + _parameter_hint(got - expected, cfg))

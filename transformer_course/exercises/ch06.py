@@ -3,7 +3,7 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 from ..attention import Attention
-from .base import CheckResult, check_tensor, checker, run_with_timeout
+from .base import CheckResult, as_int, check_tensor, checker, run_with_timeout
 
 # B, T, d_model, h chosen so that no two of T, h, d_k are equal: a wrong arrangement cannot hide.
 _B, _T, _D, _H = 2, 5, 12, 3
@@ -110,12 +110,9 @@ def check_attention_flops(fn) -> CheckResult:
         got, problem = run_with_timeout(fn, B, T, d, h)
         if problem is not None:
             return problem
-        if isinstance(got, torch.Tensor) and got.numel() == 1:
-            got = got.item()
-        if isinstance(got, float) and got.is_integer():
-            got = int(got)
-        if not isinstance(got, int) or isinstance(got, bool):
-            return CheckResult(False, f"return an int (a count of FLOPs), got {type(got).__name__}")
+        got, problem = as_int(got, "a count of FLOPs")
+        if problem is not None:
+            return problem
         if got != expected:
             return CheckResult(False, f"for B={B}, T={T}, d_model={d}, h={h}: got {got:,}, FlopCounterMode "
                                       f"counts {expected:,}. " + _flop_hint(got, expected, B, T, d, h))

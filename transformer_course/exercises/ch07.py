@@ -2,7 +2,7 @@
 import torch
 
 from ..gqa import kv_cache_bytes, mean_pool_kv_heads, repeat_kv
-from .base import CheckResult, check_tensor, checker, run_with_timeout
+from .base import CheckResult, as_int, check_tensor, checker, run_with_timeout
 
 # (label, n_layers, n_kv_heads, d_k, seq_len, batch_size, dtype_bytes)
 _CACHE_CASES = [  # the first case tells the usual mistakes apart: every missing factor differs
@@ -19,12 +19,9 @@ def check_kv_cache_bytes(fn) -> CheckResult:
         got, problem = run_with_timeout(fn, L, h_kv, d_k, T, B, nbytes)
         if problem is not None:
             return problem
-        if isinstance(got, torch.Tensor) and got.numel() == 1:
-            got = got.item()
-        if isinstance(got, float) and got.is_integer():
-            got = int(got)
-        if not isinstance(got, int) or isinstance(got, bool):
-            return CheckResult(False, f"return an int (a number of bytes), got {type(got).__name__}")
+        got, problem = as_int(got, "a number of bytes")
+        if problem is not None:
+            return problem
         expected = kv_cache_bytes(dict(n_layers=L, n_heads=h_kv, d_k=d_k), T, B, nbytes)
         if got != expected:
             return CheckResult(False, f"for {label}: got {got:,}, expected {expected:,}. "

@@ -2,7 +2,7 @@
 import torch
 
 from ..sparse_attention import sliding_window_mask, strided_mask
-from .base import CheckResult, check_tensor, checker, run_with_timeout
+from .base import CheckResult, as_int, check_tensor, checker, run_with_timeout
 
 MASK_CASES = [(6, 3), (10, 4), (9, 1), (5, 8)]  # (T, window or stride)
 
@@ -134,10 +134,9 @@ def check_earliest_input(fn) -> CheckResult:
         got, problem = run_with_timeout(fn, t, pattern, w)
         if problem is not None:
             return problem
-        if isinstance(got, torch.Tensor) and got.numel() == 1:
-            got = got.item()
-        if not isinstance(got, int) or isinstance(got, bool):
-            return CheckResult(False, f"return an int (a position), got {type(got).__name__}")
+        got, problem = as_int(got, "a position")
+        if problem is not None:
+            return problem
         expected = _earliest(t, pattern, w)
         if got == expected:
             continue
