@@ -10,8 +10,8 @@ from collections import Counter
 import pytest
 import torch
 
-from transformer_course.data import (EOT, FACTS, FACT_RELATIONS, count_facts, load_text, synthetic_corpus,
-                                     train_val_split)
+from transformer_course.data import (EOT, FACTS, FACT_RELATIONS, count_facts, held_out, load_text, sentences,
+                                     synthetic_corpus, train_val_split)
 
 
 @pytest.fixture(scope="module")
@@ -187,3 +187,38 @@ def test_load_text_bad_arguments(tmp_path):
             load_text("http://127.0.0.1:1/x", sha, cache_dir=tmp_path)
     with pytest.raises(ValueError, match="url"):
         load_text("", "0" * 64, cache_dir=tmp_path)
+
+
+def test_sentences_split_at_sentence_ends_and_keep_quoted_speech_whole():
+    doc = '"Where are you going?" asked Sam. "Home," said Anna. I am nine years old! Is it? "Yes."'
+    assert sentences(doc) == ['"Where are you going?" asked Sam.', '"Home," said Anna.', "I am nine years old!",
+                              "Is it?", '"Yes."']
+
+
+def test_held_out_sentences_never_occur_in_the_course_corpus():
+    course = synthetic_corpus(seed=0)
+    split = held_out(20_000)
+    assert len(split.text) >= 20_000
+    kept = [s for doc in split.text.split(EOT) for s in sentences(doc)]
+    assert len(kept) > 300
+    assert not [s for s in kept if s in course]          # not even inside a longer sentence
+    assert 0.1 < split.kept_fraction < 0.9
+    assert split.mean_chars_kept > split.mean_chars_all  # short sentences recur: the filter keeps long ones
+    assert held_out(20_000) == split                     # deterministic
+    assert held_out(5_000, seed=7).text != held_out(5_000, seed=8).text
+
+
+def test_a_plain_fresh_sample_is_not_unseen():
+    """Why `held_out` exists: a fresh sample of the generator repeats many training sentences verbatim."""
+    course = synthetic_corpus(seed=0)
+    fresh = [s for doc in synthetic_corpus(20_000, seed=123).split(EOT) for s in sentences(doc)]
+    assert sum(s in course for s in fresh) / len(fresh) > 0.4
+
+
+@pytest.mark.parametrize("kwargs, match", [
+    ({"seed": 0}, "other than the course corpus's seed 0"), ({"seed": "1"}, "seed must be an int"),
+    ({"n_chars": 0}, "n_chars must be an int"), ({"n_chars": 2.5}, "n_chars must be an int"),
+])
+def test_held_out_rejects_bad_arguments(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        held_out(**kwargs)

@@ -1,11 +1,14 @@
 """The checker contract: results display one stable line, hints are specific, nothing raises or hangs."""
 import math
+import os
+import pathlib
+import threading
 import time
 
 import pytest
 import torch
 
-from transformer_course.exercises import CheckResult, check_tensor, checker, run_with_timeout
+from transformer_course.exercises import CheckResult, base, ch02, check_tensor, checker, run_with_timeout
 
 EXPECTED = torch.arange(12, dtype=torch.float32).reshape(3, 4) / 7
 
@@ -92,6 +95,102 @@ def test_run_with_timeout_does_not_hang():
     value, problem = run_with_timeout(hang, timeout=0.5)
     assert time.perf_counter() - start < 2.0
     failed_with(problem, "did not finish within 0.5 s")
+
+
+def child_processes() -> set[int]:
+    """Pids of this process's children, zombies included (Linux /proc)."""
+    me, children = os.getpid(), set()
+    for stat in pathlib.Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:  # the process ended while we looked
+            continue
+        if int(fields[1]) == me:
+            children.add(int(stat.parent.name))
+    return children
+
+
+def gil_holding_loop():
+    return sum(range(10**10))  # C code: never releases the GIL, ignores threads and signals
+
+
+def sleeper():
+    time.sleep(60)
+
+
+def huge_answer(*args):
+    return torch.zeros(2**26, dtype=torch.int32)  # 256 MB of "ids"
+
+
+@pytest.fixture
+def two_threads():
+    """The parent has used 2 intra-op threads: a forked child's torch ops hang unless it resets its pool."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    torch.randn(512, 512) @ torch.randn(512, 512)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.mark.skipif(not hasattr(os, "fork") or not pathlib.Path("/proc/self/stat").exists(),
+                    reason="needs fork and /proc")
+@pytest.mark.parametrize("run", [
+    pytest.param(lambda: run_with_timeout(gil_holding_loop, timeout=0.5)[1], id="run_with_timeout-gil-loop"),
+    pytest.param(lambda: run_with_timeout(sleeper, timeout=0.5)[1], id="run_with_timeout-sleep"),
+    pytest.param(lambda: check_double(lambda x: gil_holding_loop()), id="checker-gil-loop"),
+    pytest.param(lambda: check_double(lambda x: sleeper()), id="checker-sleep"),
+    pytest.param(lambda: ch02.check_encode(huge_answer), id="check_encode-huge-answer"),
+])
+def test_any_answer_is_stopped_within_its_limit_and_leaves_nothing_behind(run, two_threads):
+    threads, children = set(threading.enumerate()), child_processes()
+    start = time.perf_counter()
+    result = run()
+    assert time.perf_counter() - start < 0.5 + 1.0 or "huge" in repr(run)
+    assert time.perf_counter() - start < 5.0 + 1.0  # check_encode gives the reader's function 5 s
+    failed_with(result)
+    assert set(threading.enumerate()) <= threads
+    assert child_processes() <= children
+
+
+def test_huge_answer_gets_a_count_hint_without_converting():
+    start = time.perf_counter()
+    failed_with(ch02.check_encode(huge_answer), "67,108,864 ids")
+    assert time.perf_counter() - start < 2.0  # converting 2**26 ids with .tolist() alone takes longer
+
+
+def test_torch_works_in_the_child_after_the_parent_used_two_threads(two_threads):
+    x = torch.randn(256, 256)
+    value, problem = run_with_timeout(lambda: (x @ x).sum(), timeout=10)
+    assert problem is None
+    assert torch.allclose(value, (x @ x).sum())
+    assert check_double(lambda t: t @ torch.eye(2) * 2).passed
+
+
+def test_the_readers_prints_come_back_and_exceptions_are_described(capsys):
+    def noisy(x):
+        print("debugging", x.shape)
+        return 2 * x
+
+    assert check_double(noisy).passed
+    assert "debugging torch.Size([2, 2])" in capsys.readouterr().out
+
+    class Unpicklable(Exception):
+        def __init__(self, a, b):
+            super().__init__(f"{a}-{b}")
+
+    def raises(x):
+        raise Unpicklable(1, 2)
+
+    failed_with(check_double(raises), "Unpicklable", "1-2")
+    failed_with(run_with_timeout(lambda: (lambda: 0))[1], "cannot be sent back")
+
+
+def test_thread_fallback_where_fork_is_unavailable(monkeypatch):
+    monkeypatch.setattr(base, "_can_fork", lambda: False)
+    assert check_double(lambda x: 2 * x).passed
+    start = time.perf_counter()
+    failed_with(check_double(lambda x: time.sleep(5)), "did not finish within 0.5 s")
+    assert time.perf_counter() - start < 1.5
 
 
 def test_run_with_timeout_keeps_grad_mode():

@@ -1,31 +1,48 @@
+import json
+
 import pytest
 import torch
 
 import transformer_course as tc
-from transformer_course.notebook import _bucket
+from transformer_course.notebook import _tolerance
 
 
-@pytest.mark.parametrize("diff, text", [
-    (0.0, "identical (max |Δ| = 0)"),
-    (3e-7, "max |Δ| < 1e-6"),
-    (9.9e-7, "max |Δ| < 1e-6"),
-    (1.2e-6, "max |Δ| < 1e-5"),
-    (0.5, "max |Δ| < 1e0"),
+@pytest.mark.parametrize("atol, text", [
+    (1e-5, "1e-5"), (1e-6, "1e-6"), (2e-4, "2e-4"), (3.3e-5, "3.3e-05"), (0.01, "0.01"), (0.5, "0.5"),
 ])
-def test_bucket_is_the_next_power_of_ten(diff, text):
-    assert _bucket(diff) == text
+def test_tolerance_is_printed_short(atol, text):
+    assert _tolerance(atol) == text
 
 
-def test_report_close_prints_bucket_and_fails_loudly(capsys):
+def test_report_close_prints_the_tolerance_not_the_difference(capsys):
     a = torch.zeros(3)
-    assert tc.report_close(a, a + 2e-7, name="x") is None
-    assert capsys.readouterr().out == "x: max |Δ| < 1e-6\n"
+    for delta in (0.0, 2e-9, 2e-7, 9e-6):  # differences of different orders print the same line
+        assert tc.report_close(a, a + delta, name="x") is None
+        assert capsys.readouterr().out == "x: agree to within 1e-5\n"
+    tc.report_close(a, a + 0.3, name="y", atol=0.5)
+    assert capsys.readouterr().out == "y: agree to within 0.5\n"
     with pytest.raises(AssertionError, match="exceeds atol"):
         tc.report_close(a, a + 1.0)
     with pytest.raises(AssertionError):
         tc.report_close(a, a + float("nan"))
     with pytest.raises(ValueError, match=r"\(3,\) vs \(2,\)"):
         tc.report_close(a, torch.zeros(2))
+    with pytest.raises(ValueError, match="atol must be a number >= 0, got '1e-5'"):
+        tc.report_close(a, a, atol="1e-5")
+    tc.report_close(a, a.clone(), name="same ops", atol=0)
+    assert capsys.readouterr().out == "same ops: identical\n"
+    with pytest.raises(AssertionError, match="exceeds atol = 0"):
+        tc.report_close(a, a + 1e-30, atol=0)
+
+
+def test_report_close_logs_actual_differences_when_asked(tmp_path, monkeypatch, capsys):
+    log = tmp_path / "diffs.jsonl"
+    monkeypatch.setenv("TC_LOG_DIFFS", str(log))
+    tc.report_close(torch.zeros(2), torch.tensor([0.0, 3e-7]), name="x")
+    tc.report_close(torch.zeros(2), torch.zeros(2), atol=1e-3)
+    rows = [json.loads(line) for line in log.read_text().splitlines()]
+    assert rows == [{"name": "x", "diff": pytest.approx(3e-7), "atol": 1e-5}, {"name": None, "diff": 0.0, "atol": 1e-3}]
+    assert capsys.readouterr().out == "x: agree to within 1e-5\nagree to within 0.001\n"
 
 
 def test_show_source_displays_the_package_file(monkeypatch):

@@ -149,6 +149,63 @@ def test_train_is_reproducible():
     assert runs[0] == runs[1]
 
 
+class DropoutBigram(Bigram):
+    """Bigram with dropout on the embeddings: its loss depends on the dropout masks drawn."""
+
+    def __init__(self):
+        super().__init__()
+        self.drop = nn.Dropout(0.5)
+
+    def forward(self, idx, targets=None):
+        logits = self.head(self.norm(self.drop(self.emb(idx))))
+        return logits, F.cross_entropy(logits.flatten(0, 1), targets.flatten())
+
+
+def fresh_dropout_model():
+    with torch.random.fork_rng():  # the same initial weights each time, whatever the global RNG holds
+        torch.manual_seed(5)
+        return DropoutBigram()
+
+
+def test_seed_fixes_dropout_and_batches_whatever_the_global_rng():
+    runs = []
+    for outer_seed in (1, 2):
+        torch.manual_seed(outer_seed)
+        runs.append(train(fresh_dropout_model(), pattern(2000), pattern(500), small_cfg(steps=20), progress=False))
+    assert runs[0] == runs[1]
+    torch.manual_seed(1)
+    other_seed = train(fresh_dropout_model(), pattern(2000), pattern(500), small_cfg(steps=20, seed=3),
+                       progress=False)
+    assert other_seed[-1]["train_loss"] != runs[0][-1]["train_loss"]
+
+
+def test_dropout_masks_follow_the_seed():
+    """The same batches with a different dropout stream must give a different run: dropout is really seeded."""
+    cfg = small_cfg(steps=20)
+    base = train(fresh_dropout_model(), pattern(2000), pattern(500), cfg, progress=False)
+    real_seed = torch.manual_seed
+    calls = []
+
+    def shifted(seed):  # seed dropout's global RNG differently, leave the batch generator's seed alone
+        calls.append(seed)
+        return real_seed(seed + 1)
+
+    model = fresh_dropout_model()
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(torch, "manual_seed", shifted)
+        shifted_run = train(model, pattern(2000), pattern(500), cfg, progress=False)
+    assert calls == [cfg.seed]
+    assert shifted_run[-1]["train_loss"] != base[-1]["train_loss"]
+
+
+def test_train_leaves_the_callers_rng_as_it_was():
+    torch.manual_seed(7)
+    expected = torch.rand(5)
+    torch.manual_seed(7)
+    train(fresh_dropout_model(), pattern(500), pattern(200), small_cfg(steps=3, warmup_steps=1), progress=False)
+    assert torch.equal(torch.rand(5), expected)
+
+
 def test_train_progress_prints_evaluations(capsys):
     train(Bigram(), pattern(500), pattern(200), small_cfg(steps=4, warmup_steps=1, eval_interval=2), progress=True)
     captured = capsys.readouterr()

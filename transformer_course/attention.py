@@ -10,7 +10,8 @@ One entry point, `attention(q, k, v, ...)`, does every variant the course needs:
   the LAST Tq positions, so query i sits at position Tk - Tq + i;
 - `window`: sliding window (requires causal): a query sees itself and the window-1 keys before it;
 - `padding_mask` `(B, Tk)` bool, True for real tokens: no query attends to padding;
-- `bias`: an additive float tensor broadcastable to `(B, h, Tq, Tk)` (ALiBi, or -inf for any custom mask).
+- `bias`: an additive float tensor broadcastable to `(B, h, Tq, Tk)` (ALiBi, or -inf for any custom mask), of
+  any float dtype: it is cast to the dtype of q, k, v (which must share one). A bool mask is refused here.
 
 A query that may attend to no key at all (a padding position under causal + left padding) gets weights of
 zero and an output of zero, never NaN. `impl="sdpa"` runs PyTorch's fused `F.scaled_dot_product_attention`
@@ -28,31 +29,46 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from .positional import apply_rope
+from .utils import (
+    check_bool, check_choice, check_device, check_float_dtype, check_input, check_int, check_number, check_tensor,
+    describe,
+)
 
 
-def _check_inputs(q, k, v, bias, window, padding_mask, causal):
-    for name, t in (("q", q), ("k", k), ("v", v)):
-        if not isinstance(t, torch.Tensor) or t.dim() != 4:
-            raise ValueError(f"{name} must be a 4-D tensor (B, heads, T, d_k), got {getattr(t, 'shape', type(t))}")
+def check_qkv(q, k, v) -> None:
+    """q `(B, h, Tq, d_k)`, k and v `(B, h_kv, Tk, d_k)`: floating point, one dtype, one device, h % h_kv == 0."""
+    check_tensor("q", q, ("B", "h", "Tq", "d_k"), "float")
+    for name, t in (("k", k), ("v", v)):
+        check_tensor(name, t, ("B", "h_kv", "Tk", "d_k"), q.dtype, q.device)
     (B, h, Tq, d_k), (Bk, h_kv, Tk, d_kk) = q.shape, k.shape
     if k.shape[:3] != v.shape[:3] or Bk != B or d_kk != d_k:
         raise ValueError(
             f"q (B, h, Tq, d_k) = {tuple(q.shape)}, k and v (B, h_kv, Tk, d_k) = {tuple(k.shape)}, {tuple(v.shape)} "
             "must agree in B, k and v in (B, h_kv, Tk), q and k in d_k"
         )
+    if min(h, h_kv, d_k) == 0:
+        raise ValueError(f"q {tuple(q.shape)} and k {tuple(k.shape)} need at least one head and d_k >= 1")
     if h % h_kv:
         raise ValueError(f"the number of query heads h={h} must be a multiple of the key/value heads h_kv={h_kv}")
-    if padding_mask is not None and (padding_mask.dtype != torch.bool or tuple(padding_mask.shape) != (B, Tk)):
-        raise ValueError(
-            f"padding_mask must be a bool tensor (B, Tk) = ({B}, {Tk}) with True for real tokens, "
-            f"got {padding_mask.dtype} {tuple(padding_mask.shape)}"
-        )
-    if window is not None:
-        if not causal:
-            raise ValueError("window (a sliding window over previous keys) requires causal=True")
-        if not isinstance(window, int) or isinstance(window, bool) or window < 1:
-            raise ValueError(f"window must be a positive int (keys per query, itself included), got {window!r}")
+
+
+def _check_inputs(q, k, v, bias, window, padding_mask, causal, scale=None):
+    check_qkv(q, k, v)
+    (B, h, Tq, _), Tk = q.shape, k.shape[2]
+    check_bool("causal", causal)
+    if causal and Tq > Tk:
+        raise ValueError(f"causal attention needs Tq <= Tk (the queries are the last Tq of the Tk positions), "
+                         f"got Tq={Tq}, Tk={Tk}")
+    if scale is not None:
+        check_number("scale", scale, "[0, inf)")
+    if padding_mask is not None:
+        check_tensor("padding_mask", padding_mask, (B, Tk), torch.bool, q.device)
     if bias is not None:
+        if isinstance(bias, torch.Tensor) and bias.dtype == torch.bool:
+            raise ValueError("bias is added to the scores, so a bool mask would add 1 or 0 and mask nothing: pass "
+                             "a float bias with -inf where keys are hidden (sparse_attention.mask_to_bias), or "
+                             "padding_mask for padding")
+        check_tensor("bias", bias, dtype="float", device=q.device)
         try:
             torch.broadcast_shapes(bias.shape, (B, h, Tq, Tk))
         except RuntimeError:
@@ -68,6 +84,15 @@ def allowed_mask(
 
     Queries are the last Tq of Tk positions (end-aligned), so query i sits at position Tk - Tq + i.
     """
+    check_int("Tq", Tq, 0)
+    check_int("Tk", Tk, 0)
+    if window is not None:
+        if not causal:
+            raise ValueError("window (a sliding window over previous keys) requires causal=True")
+        check_int("window (keys per query, itself included)", window)
+    if padding_mask is not None:
+        check_tensor("padding_mask", padding_mask, ("B", Tk), torch.bool)
+    device = None if device is None else check_device("device", device)
     allowed = None
     if causal:
         q_pos = torch.arange(Tk - Tq, Tk, device=device)[:, None]  # (Tq, 1)
@@ -83,7 +108,7 @@ def allowed_mask(
 
 def attention_weights(q, k, *, causal=False, bias=None, window=None, padding_mask=None, scale=None):
     """The attention matrix softmax(q k^T * scale + bias, masked) `(B, h, Tq, Tk)`; rows sum to 1 (or are 0)."""
-    _check_inputs(q, k, k, bias, window, padding_mask, causal)
+    _check_inputs(q, k, k, bias, window, padding_mask, causal, scale)
     return _weights(q, k, causal, bias, window, padding_mask, scale)
 
 
@@ -96,7 +121,7 @@ def _weights(q, k, causal, bias, window, padding_mask, scale):
     scores = (q_grouped @ k.transpose(-2, -1)) * scale  # (B, h_kv, h/h_kv * Tq, Tk)
     scores = scores.reshape(B, h, Tq, Tk)
     if bias is not None:
-        scores = scores + bias
+        scores = scores + bias.to(scores.dtype)
     allowed = allowed_mask(Tq, Tk, causal=causal, window=window, padding_mask=padding_mask, device=q.device)
     if allowed is not None:
         scores = scores.masked_fill(~allowed, float("-inf"))
@@ -113,7 +138,9 @@ def attention(
     See the module docstring for the meaning of each keyword. `dropout_p` drops attention weights (training
     only). `impl`: "manual" (readable, the teaching path) or "sdpa" (`F.scaled_dot_product_attention`).
     """
-    _check_inputs(q, k, v, bias, window, padding_mask, causal)
+    _check_inputs(q, k, v, bias, window, padding_mask, causal, scale)
+    check_number("dropout_p", dropout_p, "[0, 1)")
+    check_choice("impl", impl, ("manual", "sdpa"))
     if impl == "manual":
         weights = _weights(q, k, causal, bias, window, padding_mask, scale)  # (B, h, Tq, Tk)
         if dropout_p > 0:
@@ -121,9 +148,7 @@ def attention(
         (B, h, Tq, Tk), h_kv = weights.shape, k.shape[1]
         out = weights.reshape(B, h_kv, (h // h_kv) * Tq, Tk) @ v  # (B, h_kv, h/h_kv * Tq, d_k): v not copied
         return out.reshape(B, h, Tq, v.shape[-1])
-    if impl == "sdpa":
-        return _sdpa(q, k, v, causal, bias, window, padding_mask, scale, dropout_p)
-    raise ValueError(f'impl must be "manual" or "sdpa", got {impl!r}')
+    return _sdpa(q, k, v, causal, bias, window, padding_mask, scale, dropout_p)
 
 
 def _sdpa(q, k, v, causal, bias, window, padding_mask, scale, dropout_p):
@@ -157,6 +182,9 @@ class LayerKVCache:
     """
 
     def __init__(self, batch_size, n_kv_heads, max_len, d_k, *, device=None, dtype=torch.float32):
+        for name, value in dict(batch_size=batch_size, n_kv_heads=n_kv_heads, max_len=max_len, d_k=d_k).items():
+            check_int(name, value)
+        check_float_dtype("dtype", dtype)
         self.k = torch.zeros(batch_size, n_kv_heads, max_len, d_k, device=device, dtype=dtype)
         self.v = torch.zeros_like(self.k)
         self.length = 0
@@ -167,6 +195,8 @@ class LayerKVCache:
 
     def update(self, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Append k, v `(B, h_kv, T, d_k)`; return all keys and values `(B, h_kv, length, d_k)`."""
+        for name, t in (("k", k), ("v", v)):
+            check_tensor(name, t, ("B", "h_kv", "T", "d_k"), self.k.dtype, self.k.device)
         T = k.shape[2]
         if k.shape[:2] != self.k.shape[:2] or k.shape[3] != self.k.shape[3] or k.shape != v.shape:
             raise ValueError(f"k, v {tuple(k.shape)}, {tuple(v.shape)} do not fit the cache {tuple(self.k.shape)}")
@@ -194,6 +224,12 @@ class Attention(nn.Module):
     ):
         super().__init__()
         n_kv_heads = n_heads if n_kv_heads is None else n_kv_heads
+        for name, value in (("d_model", d_model), ("n_heads", n_heads), ("n_kv_heads", n_kv_heads)):
+            check_int(name, value)
+        check_bool("bias", bias)
+        check_bool("fused_qkv", fused_qkv)
+        check_number("dropout", dropout, "[0, 1)")
+        check_choice("impl", impl, ("manual", "sdpa"))
         if d_model % n_heads or n_heads % n_kv_heads:
             raise ValueError(
                 f"need d_model % n_heads == 0 and n_heads % n_kv_heads == 0, "
@@ -213,6 +249,7 @@ class Attention(nn.Module):
 
     def project_qkv(self, x: torch.Tensor):
         """x `(B, T, d_model)` -> q `(B, h, T, d_k)`, k, v `(B, h_kv, T, d_k)`."""
+        check_input("x", x, self.qkv.weight if hasattr(self, "qkv") else self.q_proj.weight, ("B", "T"))
         B, T, _ = x.shape
         q_dim, kv_dim = self.n_heads * self.d_k, self.n_kv_heads * self.d_k
         if hasattr(self, "qkv"):
@@ -241,14 +278,16 @@ class Attention(nn.Module):
         (e.g. ALiBi) broadcastable to `(B, h, T, Tk)`. padding_mask: `(B, Tk)` over all keys, cached ones
         included. cache: this layer's `LayerKVCache`; x holds only the new tokens.
         """
-        if x.dim() != 3:
-            raise ValueError(f"x must be (B, T, d_model), got shape {tuple(x.shape)}")
+        q, k, v = self.project_qkv(x)  # checks x
         B, T, _ = x.shape
-        q, k, v = self.project_qkv(x)
         if rope is not None:
+            if not isinstance(rope, (tuple, list)) or len(rope) != 2:
+                raise ValueError(f"rope must be a pair (cos, sin) of tensors (T, d_k), got {describe(rope)}")
             cos, sin = rope
             q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
         if cache is not None:
+            if not isinstance(cache, LayerKVCache):
+                raise ValueError(f"cache must be a LayerKVCache, got {describe(cache)}")
             k, v = cache.update(k, v)  # (B, h_kv, Tk, d_k): cached keys followed by the new ones
         out = attention(
             q, k, v, causal=causal, bias=bias, window=window, padding_mask=padding_mask,

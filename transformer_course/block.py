@@ -16,6 +16,7 @@ import torch.nn as nn
 from .attention import Attention, LayerKVCache
 from .feedforward import make_ffn
 from .norm import make_norm
+from .utils import check_config, check_int
 
 
 class Block(nn.Module):
@@ -23,7 +24,8 @@ class Block(nn.Module):
 
     def __init__(self, config, window: int | None = None):
         super().__init__()
-        self.window = window
+        check_config(config)
+        self.window = window if window is None else check_int("window", window)
         self.norm1 = make_norm(config)
         self.attn = Attention(
             config.d_model, config.n_heads, config.n_kv_heads,

@@ -20,6 +20,7 @@ import torch
 
 from .model import GPT, GPTConfig
 from .tokenization import BPETokenizer
+from .utils import check_device, check_path, describe
 
 FORMAT = "transformer_course/1"
 CHECKPOINT_DIR = Path(__file__).resolve().parent / "assets" / "checkpoints"
@@ -56,22 +57,21 @@ def save_checkpoint(path, model: GPT, tokenizer: BPETokenizer, **meta) -> Path:
     The file is written next to its destination and then renamed over it, so an interrupted save never
     leaves a half-written checkpoint. Returns the path.
     """
-    config = getattr(model, "config", None)
-    if not hasattr(config, "to_dict"):
-        raise ValueError(f"model must carry a .config with to_dict() (a GPT), got {type(model).__name__}")
-    if not hasattr(tokenizer, "to_dict"):
-        raise ValueError(f"tokenizer must have to_dict() (a BPETokenizer), got {type(tokenizer).__name__}")
+    path = check_path("path", path)
+    if not isinstance(model, GPT):
+        raise ValueError(f"model must be a course GPT, got {describe(model)}")
+    if not isinstance(tokenizer, BPETokenizer):
+        raise ValueError(f"tokenizer must be a BPETokenizer, got {describe(tokenizer)}")
     meta = {"torch_version": str(torch.__version__), **meta}
     for key, value in meta.items():
         _check_plain(value, key)
     payload = {
         "format": FORMAT,
-        "config": config.to_dict(),
+        "config": model.config.to_dict(),
         "state_dict": {name: t.detach().cpu() for name, t in model.state_dict().items()},
         "tokenizer": tokenizer.to_dict(),
         "meta": meta,
     }
-    path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     try:
@@ -84,6 +84,8 @@ def save_checkpoint(path, model: GPT, tokenizer: BPETokenizer, **meta) -> Path:
 
 def resolve_checkpoint(path_or_name) -> Path:
     """A bare name such as `"tiny"` means the shipped `assets/checkpoints/tiny.pt`; anything else is a path."""
+    if not isinstance(path_or_name, (str, os.PathLike)):
+        raise ValueError(f"path_or_name must be a checkpoint name or a file path, got {describe(path_or_name)}")
     text = os.fspath(path_or_name)
     if not text:
         raise ValueError("path_or_name is empty; give a file path or one of " + _names_hint())
@@ -106,9 +108,10 @@ def load_checkpoint(path_or_name, device="cpu") -> tuple[GPT, BPETokenizer, dict
 
     The model comes back on `device` in eval mode; call `model.train()` before training it further.
     """
+    device = check_device("device", device)
     path = resolve_checkpoint(path_or_name)
     try:
-        payload = torch.load(path, map_location=device, weights_only=True)
+        payload = torch.load(path, map_location="cpu", weights_only=True)  # moved to `device` once checked
     except Exception as exc:  # a foreign pickle, a truncated file, not a torch file at all
         raise ValueError(f"{path} is not a readable {FORMAT} checkpoint ({type(exc).__name__}: {exc})") from exc
     if not isinstance(payload, dict) or payload.get("format") != FORMAT:
@@ -118,7 +121,11 @@ def load_checkpoint(path_or_name, device="cpu") -> tuple[GPT, BPETokenizer, dict
     missing = {"config", "state_dict", "tokenizer", "meta"} - payload.keys()
     if missing:
         raise ValueError(f"{path} lacks the entries {sorted(missing)}")
-    model = GPT(GPTConfig.from_dict(payload["config"]))
-    model.load_state_dict(payload["state_dict"])
-    model.to(device).eval()
-    return model, BPETokenizer.from_dict(payload["tokenizer"]), dict(payload["meta"])
+    try:
+        model = GPT(GPTConfig.from_dict(payload["config"]))
+        model.load_state_dict(payload["state_dict"])  # refuses missing, unexpected and mis-shaped tensors
+        tokenizer = BPETokenizer.from_dict(payload["tokenizer"])
+        meta = dict(payload["meta"])
+    except (ValueError, TypeError, RuntimeError) as exc:
+        raise ValueError(f"{path} holds a broken checkpoint: {exc}") from None
+    return model.to(device).eval(), tokenizer, meta

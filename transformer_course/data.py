@@ -10,6 +10,9 @@ and "She likes playing chess." occur naturally. Documents are separated by "<|en
 controlled number of times each, from once to 64 times per million characters, so later chapters can measure
 how memorisation grows with repetition. Only the fact documents ever mention the facts' names.
 
+`held_out(n_chars, seed)` is text the models have never seen: fresh documents with every sentence removed that
+occurs anywhere in the course corpus (a plain fresh sample shares about half its sentences with it).
+
 `load_text(url, sha256)` fetches a real corpus for readers who are online: downloaded once, checked against
 its sha256, cached, written atomically. `train_val_split(ids)` cuts a token stream into train and validation.
 
@@ -17,6 +20,7 @@ Leaves out: real-world data cleaning, deduplication and shuffling of documents; 
 fit in memory; any download at import time or in the tests.
 """
 import bisect
+import functools
 import hashlib
 import itertools
 import os
@@ -563,6 +567,74 @@ def synthetic_corpus(n_chars: int = 1_000_000, seed: int = 0) -> str:
         length += len(doc) + (len(EOT) if docs else 0)
         docs.append(doc)
     return EOT.join(docs)
+
+
+# --------------------------------------------------------------------------------------------------------
+# Held-out text: sentences the models never saw
+
+COURSE_SEED = 0  # `synthetic_corpus(seed=COURSE_SEED)` at its default size is the text every checkpoint trains on
+_SENTENCE_END = re.compile(r'(?<=[.!?])\s+(?=[A-Z"])|(?<=[.!?]")\s+(?=[A-Z"])')
+
+
+def sentences(document: str) -> list[str]:
+    """Split one document at sentence punctuation followed by a capital or an opening quote.
+
+    A quoted question and its speaker stay one sentence: `"Where are you going?" asked Sam.`
+    """
+    return [s for s in _SENTENCE_END.split(document.strip()) if s]
+
+
+@dataclass(frozen=True)
+class HeldOut:
+    """Text whose sentences never occur in the course corpus, and what the filtering did to the sample.
+
+    `text`: documents of kept sentences joined by "<|endoftext|>". `kept_fraction`: kept sentences over all
+    sentences generated. `mean_chars_kept` / `mean_chars_all`: mean sentence length of the kept ones and of
+    all of them; the filter favours long sentences (short ones recur), so the set is biased, and its loss is
+    not comparable with a validation loss measured on the unfiltered stream.
+    """
+
+    text: str
+    kept_fraction: float
+    mean_chars_kept: float
+    mean_chars_all: float
+
+
+@functools.lru_cache(maxsize=1)
+def _course_text() -> str:
+    return synthetic_corpus(seed=COURSE_SEED)
+
+
+def held_out(n_chars: int = 20_000, seed: int = 123) -> HeldOut:
+    """At least `n_chars` characters of text in which no sentence occurs anywhere in the course corpus.
+
+    Fresh documents from the generator (`synthetic_corpus(..., seed)`), with every sentence dropped that
+    occurs, even inside a longer sentence, in `synthetic_corpus(seed=0)`: the training split and the
+    validation split of every checkpoint together. Documents left empty are dropped; generation stops after
+    the first document that reaches `n_chars`. Use it wherever text must be unseen; a plain fresh sample
+    of the generator shares about half its sentences with the training text.
+    """
+    if not isinstance(n_chars, int) or isinstance(n_chars, bool) or not 1 <= n_chars <= 10_000_000:
+        raise ValueError(f"n_chars must be an int in [1, 10_000_000], got {n_chars!r}")
+    if not isinstance(seed, int) or isinstance(seed, bool) or seed == COURSE_SEED:
+        raise ValueError(f"seed must be an int other than the course corpus's seed {COURSE_SEED}, got {seed!r}")
+    seen = _course_text()
+    seen_sentences = {s for doc in seen.split(EOT) for s in sentences(doc)}
+    for budget in (4 * n_chars + 10_000, 16 * n_chars + 10_000):  # about a third of the sentences survive
+        docs, length, n_all, chars_all, n_kept, chars_kept = [], 0, 0, 0, 0, 0
+        for doc in synthetic_corpus(budget, seed).split(EOT):  # a longer corpus extends a shorter one
+            kept = []
+            for sentence in sentences(doc):
+                n_all, chars_all = n_all + 1, chars_all + len(sentence)
+                if sentence not in seen_sentences and sentence not in seen:
+                    kept.append(sentence)
+            if kept:
+                docs.append(" ".join(kept))
+                n_kept, chars_kept = n_kept + len(kept), chars_kept + sum(map(len, kept))
+                length += len(docs[-1]) + len(EOT)
+                if length >= n_chars:
+                    return HeldOut(EOT.join(docs), n_kept / n_all, chars_kept / n_kept, chars_all / n_all)
+    raise RuntimeError(f"held_out: seed {seed} gave fewer than {n_chars:,} characters of unseen sentences")
 
 
 def count_facts(text: str) -> dict[str, int]:

@@ -15,14 +15,17 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from .utils import check_ids, check_int, check_number, check_tensor, describe
 
-def _check_ids(idx: torch.Tensor, vocab_size: int, name: str = "idx") -> None:
-    if not isinstance(idx, torch.Tensor) or idx.dtype != torch.long:
-        raise ValueError(f"{name} must be a LongTensor of token ids, got {getattr(idx, 'dtype', type(idx).__name__)}")
-    if idx.numel() and (idx.min() < 0 or idx.max() >= vocab_size):
-        raise ValueError(
-            f"{name} has ids outside [0, {vocab_size}): min {idx.min().item()}, max {idx.max().item()}"
-        )
+
+def _row_ids(name: str, ids, V: int) -> list[int]:
+    """The ints of `ids` (a list or tuple of ints, or an integer tensor), each a row of a `(V, d)` table."""
+    if isinstance(ids, torch.Tensor) and not ids.is_floating_point():
+        ids = ids.tolist()
+    if not isinstance(ids, (list, tuple, range, set)) or not all(
+            isinstance(j, int) and not isinstance(j, bool) and 0 <= j < V for j in ids):
+        raise ValueError(f"{name} must be a list of row ids, ints in [0, {V}), got {describe(ids)}")
+    return list(ids)
 
 
 class TokenEmbedding(nn.Module):
@@ -30,26 +33,25 @@ class TokenEmbedding(nn.Module):
 
     def __init__(self, vocab_size: int, d_model: int):
         super().__init__()
-        self.vocab_size, self.d_model = vocab_size, d_model
+        self.vocab_size, self.d_model = check_int("vocab_size", vocab_size), check_int("d_model", d_model)
         self.weight = nn.Parameter(torch.randn(vocab_size, d_model) * 0.02)
 
     def forward(self, idx: torch.Tensor) -> torch.Tensor:
-        _check_ids(idx, self.vocab_size)
+        check_ids("idx", idx, self.vocab_size, device=self.weight.device)
         return F.embedding(idx, self.weight)  # (B, T, d_model) == self.weight[idx]
 
     def one_hot_lookup(self, idx: torch.Tensor) -> torch.Tensor:
         """The same lookup written as a matrix product: one_hot(idx) (B, T, V) @ weight (V, d_model)."""
-        _check_ids(idx, self.vocab_size)
+        check_ids("idx", idx, self.vocab_size, device=self.weight.device)
         return F.one_hot(idx, self.vocab_size).to(self.weight.dtype) @ self.weight
 
     def extra_repr(self) -> str:
         return f"{self.vocab_size}, {self.d_model}"
 
 
-def _check_rows(x, name: str) -> torch.Tensor:
-    if not isinstance(x, torch.Tensor) or x.dim() != 2 or not x.is_floating_point():
-        raise ValueError(f"{name} must be a 2-D floating tensor (N, d), got "
-                         f"{getattr(x, 'dtype', type(x).__name__)} {tuple(getattr(x, 'shape', ()))}")
+def _check_rows(x, name: str, like: torch.Tensor | None = None) -> torch.Tensor:
+    """x `(N, d)` floating point (of `like`'s dtype and device, if given), detached."""
+    check_tensor(name, x, ("N", "d"), "float" if like is None else like.dtype, None if like is None else like.device)
     return x.detach()
 
 
@@ -59,8 +61,9 @@ def cosine_similarity_matrix(a: torch.Tensor, b: torch.Tensor | None = None, eps
     cos(u, v) = u·v / (|u| |v|): it ignores the rows' lengths and compares their directions only.
     A zero row has cosine 0 with everything (its norm is clamped to `eps`, as `F.cosine_similarity` does).
     """
+    check_number("eps", eps)
     a = _check_rows(a, "a")
-    b = a if b is None else _check_rows(b, "b")
+    b = a if b is None else _check_rows(b, "b", like=a)
     if a.shape[1] != b.shape[1]:
         raise ValueError(f"a and b must have the same row length d, got {tuple(a.shape)} and {tuple(b.shape)}")
     a_unit = a / a.norm(dim=1, keepdim=True).clamp_min(eps)  # (N, d)
@@ -77,7 +80,7 @@ def nearest_neighbours(weight: torch.Tensor, i: int, k: int = 5, exclude=()) -> 
     V = weight.shape[0]
     if not isinstance(i, int) or isinstance(i, bool) or not 0 <= i < V:
         raise ValueError(f"i must be a row index in [0, {V}), got {i!r}")
-    left_out = {i, *(int(j) for j in exclude)}
+    left_out = {i, *_row_ids("exclude", exclude, V)}
     if not isinstance(k, int) or isinstance(k, bool) or not 1 <= k <= V - len(left_out):
         raise ValueError(f"k must be an int in [1, {V - len(left_out)}] (V = {V} rows, {len(left_out)} left out), "
                          f"got {k!r}")
@@ -95,19 +98,19 @@ def group_cosine(weight: torch.Tensor, groups) -> tuple[float, float]:
     `within` well above `across`; a random table has both near 0.
     """
     weight = _check_rows(weight, "weight")
-    groups = [list(map(int, g)) for g in groups]
+    if not isinstance(groups, (list, tuple)):
+        raise ValueError(f"groups must be a list of lists of row ids, got {describe(groups)}")
+    groups = [_row_ids("each group", g, weight.shape[0]) for g in groups]
     if len(groups) < 2 or any(len(g) < 2 for g in groups):
         raise ValueError(f"groups must hold at least two groups of at least two ids each, got sizes "
                          f"{[len(g) for g in groups]}")
     ids = [j for g in groups for j in g]
     if len(set(ids)) != len(ids):
         raise ValueError("groups must not share ids")
-    if min(ids) < 0 or max(ids) >= weight.shape[0]:
-        raise ValueError(f"group ids must lie in [0, {weight.shape[0]}), got min {min(ids)}, max {max(ids)}")
-    label = torch.tensor([n for n, g in enumerate(groups) for _ in g])  # (N,)
+    label = torch.tensor([n for n, g in enumerate(groups) for _ in g], device=weight.device)  # (N,)
     sims = cosine_similarity_matrix(weight[ids])  # (N, N)
     same = label[:, None] == label[None, :]  # (N, N)
-    off_diagonal = ~torch.eye(len(ids), dtype=torch.bool)
+    off_diagonal = ~torch.eye(len(ids), dtype=torch.bool, device=weight.device)
     return sims[same & off_diagonal].mean().item(), sims[~same].mean().item()
 
 

@@ -19,19 +19,26 @@ Leaves out: beam search, repetition penalties, stop strings/EOS handling, min-p,
 import torch
 
 from .model import GPT
+from .utils import check_bool, check_int, check_number, check_tensor, describe
+
+
+def _check_logits(logits, shape=("...", "V")) -> None:
+    check_tensor("logits", logits, shape, "float")
+    if logits.shape[-1] == 0:
+        raise ValueError(f"logits must hold at least one token's score (V >= 1), got shape {tuple(logits.shape)}")
 
 
 def apply_temperature(logits: torch.Tensor, temperature: float) -> torch.Tensor:
     """logits `(..., V)` / temperature (> 0)."""
-    if not temperature > 0:
-        raise ValueError(f"temperature must be > 0, got {temperature}")
+    _check_logits(logits)
+    check_number("temperature", temperature)
     return logits / temperature
 
 
 def top_k_filter(logits: torch.Tensor, k: int) -> torch.Tensor:
     """Set every logit below the k-th largest of its row to -inf `(..., V)` (ties with it are kept)."""
-    if not isinstance(k, int) or isinstance(k, bool) or k < 1:
-        raise ValueError(f"top_k must be a positive int, got {k!r}")
+    _check_logits(logits)
+    check_int("top_k", k)
     k = min(k, logits.shape[-1])
     kth_largest = torch.topk(logits, k, dim=-1).values[..., -1:]  # (..., 1)
     return logits.masked_fill(logits < kth_largest, float("-inf"))
@@ -42,8 +49,8 @@ def top_p_filter(logits: torch.Tensor, p: float) -> torch.Tensor:
 
     Sorted by probability, a token is dropped when the tokens before it already hold mass >= p.
     """
-    if not 0 < p <= 1:
-        raise ValueError(f"top_p must be in (0, 1], got {p}")
+    _check_logits(logits)
+    check_number("top_p", p, "(0, 1]")
     if p == 1:
         return logits  # everything is kept (and float rounding of the cumulative sum cannot drop a token)
     sorted_logits, order = torch.sort(logits, dim=-1, descending=True)
@@ -55,14 +62,13 @@ def top_p_filter(logits: torch.Tensor, p: float) -> torch.Tensor:
 
 
 def _check_sampling_args(temperature, top_k, top_p, greedy):
-    if greedy:
+    if check_bool("greedy", greedy):
         return
-    if not isinstance(temperature, (int, float)) or not temperature > 0:
-        raise ValueError(f"temperature must be > 0 (use greedy=True for argmax decoding), got {temperature!r}")
-    if top_k is not None and (not isinstance(top_k, int) or isinstance(top_k, bool) or top_k < 1):
-        raise ValueError(f"top_k must be None or a positive int, got {top_k!r}")
-    if top_p is not None and (not isinstance(top_p, (int, float)) or not 0 < top_p <= 1):
-        raise ValueError(f"top_p must be None or in (0, 1], got {top_p!r}")
+    check_number("temperature (use greedy=True for argmax decoding)", temperature)
+    if top_k is not None:
+        check_int("top_k", top_k)
+    if top_p is not None:
+        check_number("top_p", top_p, "(0, 1]")
 
 
 def filtered_probs(logits: torch.Tensor, temperature=1.0, top_k=None, top_p=None) -> torch.Tensor:
@@ -78,6 +84,7 @@ def filtered_probs(logits: torch.Tensor, temperature=1.0, top_k=None, top_p=None
 
 def next_token_distribution(model: GPT, idx: torch.Tensor, temperature=1.0, top_k=None, top_p=None) -> torch.Tensor:
     """The distribution `(B, V)` the next token of each row of idx `(B, T)` would be sampled from."""
+    _check_model(model)
     with torch.no_grad():
         logits, _ = model(idx)
     return filtered_probs(logits[:, -1], temperature, top_k, top_p)
@@ -85,6 +92,11 @@ def next_token_distribution(model: GPT, idx: torch.Tensor, temperature=1.0, top_
 
 def pick_next(logits: torch.Tensor, *, temperature=1.0, top_k=None, top_p=None, greedy=False, generator=None):
     """logits `(B, V)` of the last position -> next tokens `(B, 1)`."""
+    _check_sampling_args(temperature, top_k, top_p, greedy)
+    _check_logits(logits, ("B", "V"))
+    if generator is not None and (not isinstance(generator, torch.Generator) or generator.device != logits.device):
+        raise ValueError(f"generator must be None or a torch.Generator on {logits.device} (the logits' device), "
+                         f"got {describe(generator)}")
     if greedy:
         return logits.argmax(dim=-1, keepdim=True)
     probs = filtered_probs(logits, temperature, top_k, top_p)
@@ -94,8 +106,12 @@ def pick_next(logits: torch.Tensor, *, temperature=1.0, top_k=None, top_p=None, 
 def left_pad(sequences: list[list[int]], pad_id: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
     """Prompts of different lengths -> idx `(B, T_max)` padded on the left with pad_id, and the padding
     mask `(B, T_max)` (True for real tokens)."""
-    if not sequences or any(len(s) == 0 for s in sequences):
-        raise ValueError("left_pad needs at least one sequence, and no empty sequence")
+    check_int("pad_id", pad_id, 0)
+    if not isinstance(sequences, (list, tuple)) or not sequences or not all(
+            isinstance(s, (list, tuple)) and s and all(isinstance(i, int) and not isinstance(i, bool) for i in s)
+            for s in sequences):
+        raise ValueError(f"sequences must be a non-empty list of non-empty lists of token ids (ints), "
+                         f"got {describe(sequences)}")
     T = max(len(s) for s in sequences)
     idx = torch.full((len(sequences), T), pad_id, dtype=torch.long)
     mask = torch.zeros(len(sequences), T, dtype=torch.bool)
@@ -105,12 +121,19 @@ def left_pad(sequences: list[list[int]], pad_id: int = 0) -> tuple[torch.Tensor,
     return idx, mask
 
 
-def _check_generate_args(model, idx, max_new_tokens, padding_mask):
-    if not isinstance(idx, torch.Tensor) or idx.dim() != 2 or idx.dtype != torch.long:
-        raise ValueError(f"idx must be a (B, T) LongTensor of prompt tokens, got {getattr(idx, 'dtype', type(idx))} "
-                         f"{tuple(getattr(idx, 'shape', ()))}")
-    if not isinstance(max_new_tokens, int) or isinstance(max_new_tokens, bool) or max_new_tokens < 0:
-        raise ValueError(f"max_new_tokens must be an int >= 0, got {max_new_tokens!r}")
+def _check_model(model) -> None:
+    if not isinstance(model, GPT):
+        raise ValueError(f"model must be a course GPT, got {describe(model)}")
+
+
+def _check_generate_args(model, idx, max_new_tokens, padding_mask, use_cache):
+    _check_model(model)
+    device = model.tok_emb.weight.device
+    check_tensor("idx (the prompts)", idx, ("B", "T"), torch.long, device)
+    if 0 in idx.shape:
+        raise ValueError(f"idx must hold at least one prompt of at least one token, got shape {tuple(idx.shape)}")
+    check_int("max_new_tokens", max_new_tokens, 0)
+    check_bool("use_cache", use_cache)
     T, context = idx.shape[1], model.config.context_length
     if T + max_new_tokens > context:
         raise ValueError(
@@ -118,9 +141,7 @@ def _check_generate_args(model, idx, max_new_tokens, padding_mask):
             f"context length {context}"
         )
     if padding_mask is not None:
-        if padding_mask.dtype != torch.bool or padding_mask.shape != idx.shape:
-            raise ValueError(f"padding_mask must be bool shaped like idx {tuple(idx.shape)}, got "
-                             f"{padding_mask.dtype} {tuple(padding_mask.shape)}")
+        check_tensor("padding_mask", padding_mask, tuple(idx.shape), torch.bool, device)
         # Left padding: once a row's real tokens start, they continue to the end.
         if (padding_mask[:, :-1] & ~padding_mask[:, 1:]).any() or not padding_mask[:, -1].all():
             raise ValueError("padding_mask must pad on the LEFT (False... then True... in every row)")
@@ -146,7 +167,7 @@ def generate(
     mode (no dropout) and is put back in its previous mode afterwards.
     """
     _check_sampling_args(temperature, top_k, top_p, greedy)
-    _check_generate_args(model, idx, max_new_tokens, padding_mask)
+    _check_generate_args(model, idx, max_new_tokens, padding_mask, use_cache)
     choose = dict(temperature=temperature, top_k=top_k, top_p=top_p, greedy=greedy, generator=generator)
     was_training = model.training
     model.eval()

@@ -24,15 +24,10 @@ from pathlib import Path
 
 import torch
 
-from .model import GPT
+from .model import GPT, GPTConfig
+from .utils import check_int, check_tensor, describe
 
 UPTRAIN_STEPS = 150  # 10 % of the 1500 steps that made `tiny` (Ainslie et al. uptrain with 5 % of pre-training)
-
-
-def _int(name, value, minimum=1):
-    if not isinstance(value, int) or isinstance(value, bool) or value < minimum:
-        raise ValueError(f"{name} must be an int >= {minimum}, got {value!r}")
-    return value
 
 
 def kv_cache_bytes(config, seq_len: int, batch_size: int = 1, dtype_bytes: int = 4) -> int:
@@ -46,16 +41,18 @@ def kv_cache_bytes(config, seq_len: int, batch_size: int = 1, dtype_bytes: int =
         missing = {"n_layers", "n_heads"} - config.keys()
         if missing or ("d_model" not in config and "d_k" not in config):
             raise ValueError(f"config needs n_layers, n_heads and d_model (or d_k), got keys {sorted(config)}")
-        n_layers, n_heads = config["n_layers"], _int("n_heads", config["n_heads"])
-        h_kv = config.get("n_kv_heads") or n_heads
-        d_k = config["d_k"] if "d_k" in config else config["d_model"] // n_heads
-    elif all(hasattr(config, a) for a in ("n_layers", "h_kv", "d_k")):
+        n_layers, n_heads = config["n_layers"], check_int("n_heads", config["n_heads"])
+        h_kv = n_heads if config.get("n_kv_heads") is None else config["n_kv_heads"]
+        d_k = config["d_k"] if "d_k" in config else check_int("d_model", config["d_model"]) // n_heads
+        if "d_k" not in config and config["d_model"] % n_heads:
+            raise ValueError(f"d_model={config['d_model']} must be divisible by n_heads={n_heads}")
+    elif isinstance(config, GPTConfig):
         n_layers, h_kv, d_k = config.n_layers, config.h_kv, config.d_k
     else:
-        raise ValueError(f"config must be a GPTConfig or a dict of numbers, got {type(config).__name__}")
+        raise ValueError(f"config must be a GPTConfig or a dict of numbers, got {describe(config)}")
     for name, value in (("n_layers", n_layers), ("n_kv_heads", h_kv), ("d_k", d_k), ("seq_len", seq_len),
                         ("batch_size", batch_size), ("dtype_bytes", dtype_bytes)):
-        _int(name, value)
+        check_int(name, value)
     return 2 * n_layers * h_kv * d_k * seq_len * batch_size * dtype_bytes
 
 
@@ -65,9 +62,8 @@ def repeat_kv(x: torch.Tensor, n_rep: int) -> torch.Tensor:
     Head g lands on heads g*n_rep ... (g+1)*n_rep - 1, the query heads that read it. This materialises
     n_rep copies; `attention.attention` gets the same result by grouping the queries instead.
     """
-    if not isinstance(x, torch.Tensor) or x.dim() != 4:
-        raise ValueError(f"x must be a 4-D tensor (B, h_kv, T, d_k), got {getattr(x, 'shape', type(x))}")
-    _int("n_rep", n_rep)
+    check_tensor("x", x, ("B", "h_kv", "T", "d_k"))
+    check_int("n_rep", n_rep)
     B, h_kv, T, d_k = x.shape
     return x[:, :, None].expand(B, h_kv, n_rep, T, d_k).reshape(B, h_kv * n_rep, T, d_k)
 
@@ -79,13 +75,13 @@ def mean_pool_kv_heads(w: torch.Tensor, n_heads: int, n_kv_heads: int) -> torch.
     Returns `(n_kv_heads * d_k, d_in)` (or `(n_kv_heads * d_k,)`): new head g is the mean of old heads
     g*r ... (g+1)*r - 1 with r = n_heads / n_kv_heads, the query heads that will share it.
     """
-    _int("n_heads", n_heads)
-    _int("n_kv_heads", n_kv_heads)
+    check_int("n_heads", n_heads)
+    check_int("n_kv_heads", n_kv_heads)
     if n_heads % n_kv_heads:
         raise ValueError(f"n_heads={n_heads} must be a multiple of n_kv_heads={n_kv_heads}")
-    if not isinstance(w, torch.Tensor) or w.dim() not in (1, 2) or w.shape[0] % n_heads:
-        raise ValueError(f"w must be (n_heads*d_k, d_in) or (n_heads*d_k,) with n_heads={n_heads}, "
-                         f"got {getattr(w, 'shape', type(w))}")
+    if not isinstance(w, torch.Tensor) or not w.is_floating_point() or w.dim() not in (1, 2) or w.shape[0] % n_heads:
+        raise ValueError(f"w must be a floating-point (n_heads*d_k, d_in) or (n_heads*d_k,) with n_heads={n_heads}, "
+                         f"got {describe(w)}")
     d_k = w.shape[0] // n_heads
     grouped = w.reshape(n_kv_heads, n_heads // n_kv_heads, d_k, *w.shape[1:])  # (h_kv, r, d_k, [d_in])
     return grouped.mean(dim=1).reshape(n_kv_heads * d_k, *w.shape[1:])
@@ -100,7 +96,7 @@ def mha_to_gqa(model: GPT, n_kv_heads: int) -> GPT:
     if not isinstance(model, GPT):
         raise ValueError(f"model must be a course GPT, got {type(model).__name__}")
     c = model.config
-    _int("n_kv_heads", n_kv_heads)
+    check_int("n_kv_heads", n_kv_heads)
     if c.h_kv % n_kv_heads:
         raise ValueError(f"the model's {c.h_kv} key/value heads must be a multiple of n_kv_heads={n_kv_heads}")
     new_config = dataclasses.replace(c, n_kv_heads=n_kv_heads)

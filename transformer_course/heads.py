@@ -14,6 +14,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from .utils import check_bool, check_input, check_int, check_number, check_tensor
+
 
 class LMHead(nn.Module):
     """h `(B, T, d_model)` -> logits `(B, T, V)`. With `tied_to` (a module with a `(V, d_model)` `.weight`,
@@ -21,18 +23,17 @@ class LMHead(nn.Module):
 
     def __init__(self, d_model: int, vocab_size: int, tied_to: nn.Module | None = None):
         super().__init__()
+        check_int("d_model", d_model)
+        check_int("vocab_size", vocab_size)
         if tied_to is not None:
-            if tuple(tied_to.weight.shape) != (vocab_size, d_model):
-                raise ValueError(
-                    f"tied_to.weight must be (V, d_model) = ({vocab_size}, {d_model}), "
-                    f"got {tuple(tied_to.weight.shape)}"
-                )
+            check_tensor("tied_to.weight", getattr(tied_to, "weight", None), (vocab_size, d_model), "float")
             self.weight = tied_to.weight  # the same nn.Parameter, registered under both modules
         else:
             self.weight = nn.Parameter(torch.randn(vocab_size, d_model) * 0.02)
         self.tied = tied_to is not None
 
     def forward(self, h: torch.Tensor) -> torch.Tensor:
+        check_input("h", h, self.weight)
         return F.linear(h, self.weight)  # (B, T, V) = h @ W^T
 
     def extra_repr(self) -> str:
@@ -41,12 +42,11 @@ class LMHead(nn.Module):
 
 def last_token_index(padding_mask: torch.Tensor | None, B: int, T: int) -> torch.Tensor:
     """Index `(B,)` of the rightmost real token of each row (T-1 for every row without a padding mask)."""
+    check_int("B", B, 0)
+    check_int("T", T)
     if padding_mask is None:
         return torch.full((B,), T - 1, dtype=torch.long)
-    if tuple(padding_mask.shape) != (B, T) or padding_mask.dtype != torch.bool:
-        raise ValueError(
-            f"padding_mask must be bool (B, T) = ({B}, {T}), got {padding_mask.dtype} {tuple(padding_mask.shape)}"
-        )
+    check_tensor("padding_mask", padding_mask, (B, T), torch.bool)
     positions = torch.arange(T, device=padding_mask.device)
     return (positions * padding_mask).argmax(dim=-1)  # rightmost True (0 for an all-padding row)
 
@@ -56,11 +56,13 @@ class SequenceClassificationHead(nn.Module):
 
     def __init__(self, d_model: int, n_classes: int, bias: bool = False):
         super().__init__()
-        self.score = nn.Linear(d_model, n_classes, bias=bias)
+        self.score = nn.Linear(check_int("d_model", d_model), check_int("n_classes", n_classes),
+                               bias=check_bool("bias", bias))
 
     def forward(self, h: torch.Tensor, padding_mask: torch.Tensor | None = None) -> torch.Tensor:
-        if h.dim() != 3:
-            raise ValueError(f"h must be (B, T, d_model), got shape {tuple(h.shape)}")
+        check_input("h", h, self.score.weight, ("B", "T"))
+        if padding_mask is not None:
+            check_tensor("padding_mask", padding_mask, device=h.device)
         B, T, _ = h.shape
         last = last_token_index(padding_mask, B, T).to(h.device)  # (B,)
         pooled = h[torch.arange(B, device=h.device), last]  # (B, d_model)
@@ -72,8 +74,9 @@ class TokenClassificationHead(nn.Module):
 
     def __init__(self, d_model: int, n_labels: int, dropout: float = 0.0):
         super().__init__()
-        self.dropout = nn.Dropout(dropout)
-        self.classifier = nn.Linear(d_model, n_labels)
+        self.dropout = nn.Dropout(check_number("dropout", dropout, "[0, 1)"))
+        self.classifier = nn.Linear(check_int("d_model", d_model), check_int("n_labels", n_labels))
 
     def forward(self, h: torch.Tensor) -> torch.Tensor:
+        check_input("h", h, self.classifier.weight)
         return self.classifier(self.dropout(h))  # (B, T, n_labels)

@@ -15,13 +15,14 @@ Leaves out: other architectures (GPT-NeoX, Falcon, ...), RoPE scaling variants, 
 import torch
 
 from .model import GPT, GPTConfig
+from .utils import describe
 
 GPT2_ACTIVATIONS = ("gelu_new", "gelu_pytorch_tanh")  # the tanh approximation our MLP uses
 
 
 def _config_dict(hf_config) -> dict:
-    d = hf_config if isinstance(hf_config, dict) else hf_config.to_dict()
-    if "model_type" not in d:
+    d = hf_config.to_dict() if hasattr(hf_config, "to_dict") else hf_config
+    if not isinstance(d, dict) or "model_type" not in d:
         raise ValueError("hf_config has no model_type; pass a transformers config (GPT2Config, LlamaConfig, ...)")
     return d
 
@@ -41,29 +42,32 @@ def config_from_hf(hf_config) -> GPTConfig:
     """The `GPTConfig` describing a Hugging Face GPT-2, Llama or Mistral config (object or its `to_dict()`)."""
     d = _config_dict(hf_config)
     kind = d["model_type"]
-    if kind == "gpt2":
-        _require(d.get("activation_function") in GPT2_ACTIVATIONS, f"activation {d.get('activation_function')!r}")
-        _require(d.get("scale_attn_weights", True), "scale_attn_weights=False")
-        _require(not d.get("scale_attn_by_inverse_layer_idx", False), "scale_attn_by_inverse_layer_idx=True")
-        _require(not d.get("add_cross_attention", False), "add_cross_attention=True")
-        return GPTConfig.gpt2_like(
-            vocab_size=d["vocab_size"], context_length=d["n_positions"], n_layers=d["n_layer"],
-            n_heads=d["n_head"], d_model=d["n_embd"], d_ff=d.get("n_inner"), norm_eps=d["layer_norm_epsilon"],
-            tie_weights=d.get("tie_word_embeddings", True), dropout=float(d.get("resid_pdrop", 0.0)),
-        )
-    if kind in ("llama", "mistral"):
-        d_model, n_heads = d["hidden_size"], d["num_attention_heads"]
-        _require(d.get("hidden_act", "silu") == "silu", f"hidden_act {d.get('hidden_act')!r}")
-        _require(d.get("head_dim") in (None, d_model // n_heads), f"head_dim {d.get('head_dim')} != hidden/heads")
-        _require(d.get("attention_bias", False) == d.get("mlp_bias", False), "attention_bias != mlp_bias")
-        return GPTConfig.llama_like(
-            vocab_size=d["vocab_size"], context_length=d["max_position_embeddings"],
-            n_layers=d["num_hidden_layers"], n_heads=n_heads, n_kv_heads=d.get("num_key_value_heads") or n_heads,
-            d_model=d_model, d_ff=d["intermediate_size"], rope_theta=_rope_theta(d), norm_eps=d["rms_norm_eps"],
-            bias=bool(d.get("attention_bias", False)), tie_weights=d.get("tie_word_embeddings", False),
-            dropout=float(d.get("attention_dropout", 0.0)),
-            attention_window=d.get("sliding_window") if kind == "mistral" else None,
-        )
+    try:
+        if kind == "gpt2":
+            _require(d.get("activation_function") in GPT2_ACTIVATIONS, f"activation {d.get('activation_function')!r}")
+            _require(d.get("scale_attn_weights", True), "scale_attn_weights=False")
+            _require(not d.get("scale_attn_by_inverse_layer_idx", False), "scale_attn_by_inverse_layer_idx=True")
+            _require(not d.get("add_cross_attention", False), "add_cross_attention=True")
+            return GPTConfig.gpt2_like(
+                vocab_size=d["vocab_size"], context_length=d["n_positions"], n_layers=d["n_layer"],
+                n_heads=d["n_head"], d_model=d["n_embd"], d_ff=d.get("n_inner"), norm_eps=d["layer_norm_epsilon"],
+                tie_weights=d.get("tie_word_embeddings", True), dropout=d.get("resid_pdrop", 0.0),
+            )
+        if kind in ("llama", "mistral"):
+            d_model, n_heads = d["hidden_size"], d["num_attention_heads"]
+            _require(d.get("hidden_act", "silu") == "silu", f"hidden_act {d.get('hidden_act')!r}")
+            _require(d.get("head_dim") in (None, d_model // n_heads), f"head_dim {d.get('head_dim')} != hidden/heads")
+            _require(d.get("attention_bias", False) == d.get("mlp_bias", False), "attention_bias != mlp_bias")
+            return GPTConfig.llama_like(
+                vocab_size=d["vocab_size"], context_length=d["max_position_embeddings"],
+                n_layers=d["num_hidden_layers"], n_heads=n_heads, n_kv_heads=d.get("num_key_value_heads") or n_heads,
+                d_model=d_model, d_ff=d["intermediate_size"], rope_theta=_rope_theta(d), norm_eps=d["rms_norm_eps"],
+                bias=d.get("attention_bias", False), tie_weights=d.get("tie_word_embeddings", False),
+                dropout=d.get("attention_dropout", 0.0),
+                attention_window=d.get("sliding_window") if kind == "mistral" else None,
+            )
+    except KeyError as e:
+        raise ValueError(f"hf_config lacks {e.args[0]!r}, which a {kind} config has") from None
     raise ValueError(f"from_hf supports model_type gpt2, llama and mistral, got {kind!r}")
 
 
@@ -124,6 +128,9 @@ def from_hf(hf_model_or_state_dict, hf_config=None) -> GPT:
             f"from_hf takes a Hugging Face model or a state dict, got {type(hf_model_or_state_dict).__name__}"
         )
     config = config_from_hf(hf_config)
+    wrong = {k: describe(v) for k, v in state_dict.items() if not isinstance(v, torch.Tensor)}
+    if wrong:
+        raise ValueError(f"the state dict must map names to tensors, got {dict(list(wrong.items())[:3])}")
     state_dict = {k: v.detach() for k, v in state_dict.items()}
     try:
         if _config_dict(hf_config)["model_type"] == "gpt2":
@@ -135,13 +142,18 @@ def from_hf(hf_model_or_state_dict, hf_config=None) -> GPT:
     if leftover:
         raise ValueError(f"state dict entries not used by the conversion: {sorted(leftover)[:5]}")
     model = GPT(config)
-    model.load_state_dict(ours)
+    try:
+        model.load_state_dict(ours)
+    except RuntimeError as exc:  # a tensor whose shape does not fit the config
+        raise ValueError(f"the state dict does not fit its config: {exc}") from None
     return model
 
 
 def to_hf_state_dict(model: GPT) -> dict:
     """The inverse of `from_hf` for GPT-2-like and Llama-like course models: a state dict for
     `GPT2LMHeadModel` or `LlamaForCausalLM` (`load_state_dict` into a model built from the matching config)."""
+    if not isinstance(model, GPT):
+        raise ValueError(f"model must be a course GPT, got {describe(model)}")
     c, sd = model.config, {k: v.detach().clone() for k, v in model.state_dict().items()}
     if (c.positional, c.norm, c.ffn) == ("learned", "layernorm", "gelu") and c.bias:
         out = {"transformer.wte.weight": sd["tok_emb.weight"], "transformer.wpe.weight": sd["pos_emb.weight"],

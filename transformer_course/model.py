@@ -36,21 +36,12 @@ from .positional import (
     rope_cos_sin,
     sinusoidal_encoding,
 )
+from .utils import check_bool, check_choice, check_config, check_ids, check_int, check_number, check_tensor, describe
 
 POSITIONAL = ("none", "learned", "sinusoidal", "rope", "alibi")
 NORMS = ("layernorm", "rmsnorm")
 FFNS = ("gelu", "swiglu")
 ATTN_IMPLS = ("manual", "sdpa")
-
-
-def _positive_int(name, value):
-    if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
-        raise ValueError(f"{name} must be a positive int, got {value!r}")
-
-
-def _one_of(name, value, allowed):
-    if value not in allowed:
-        raise ValueError(f"{name} must be one of {allowed}, got {value!r}")
 
 
 @dataclass
@@ -77,40 +68,39 @@ class GPTConfig:
     attn_impl: str = "manual"  # manual | sdpa
 
     def __post_init__(self):
+        if isinstance(self.layer_pattern, list):
+            self.layer_pattern = tuple(self.layer_pattern)  # JSON gives a list
+        self.validate()
+
+    def validate(self) -> None:
+        """Raise `ValueError` naming the first field of the wrong type or with an impossible value."""
         for name in ("vocab_size", "context_length", "n_layers", "n_heads", "d_model"):
-            _positive_int(name, getattr(self, name))
+            check_int(name, getattr(self, name))
+        for name in ("n_kv_heads", "d_ff", "attention_window"):
+            if getattr(self, name) is not None:
+                check_int(name, getattr(self, name))
+        for name, allowed in (("positional", POSITIONAL), ("norm", NORMS), ("ffn", FFNS), ("attn_impl", ATTN_IMPLS)):
+            check_choice(name, getattr(self, name), allowed)
+        check_number("rope_theta", self.rope_theta)
+        check_number("norm_eps", self.norm_eps)
+        check_number("dropout", self.dropout, "[0, 1)")
+        check_bool("bias", self.bias)
+        check_bool("tie_weights", self.tie_weights)
         if self.d_model % self.n_heads:
             raise ValueError(f"d_model={self.d_model} must be divisible by n_heads={self.n_heads}")
-        if self.n_kv_heads is not None:
-            _positive_int("n_kv_heads", self.n_kv_heads)
-            if self.n_heads % self.n_kv_heads:
-                raise ValueError(f"n_heads={self.n_heads} must be divisible by n_kv_heads={self.n_kv_heads}")
-        if self.d_ff is not None:
-            _positive_int("d_ff", self.d_ff)
-        _one_of("positional", self.positional, POSITIONAL)
-        _one_of("norm", self.norm, NORMS)
-        _one_of("ffn", self.ffn, FFNS)
-        _one_of("attn_impl", self.attn_impl, ATTN_IMPLS)
+        if self.n_heads % self.h_kv:
+            raise ValueError(f"n_heads={self.n_heads} must be divisible by n_kv_heads={self.n_kv_heads}")
         if self.positional == "rope" and self.d_k % 2:
             raise ValueError(f"RoPE needs an even head dimension, got d_k = d_model/n_heads = {self.d_k}")
         if self.positional == "sinusoidal" and self.d_model % 2:
             raise ValueError(f"sinusoidal positions need an even d_model, got {self.d_model}")
-        if not self.rope_theta > 0:
-            raise ValueError(f"rope_theta must be > 0, got {self.rope_theta}")
-        if not self.norm_eps > 0:
-            raise ValueError(f"norm_eps must be > 0, got {self.norm_eps}")
-        if not 0.0 <= self.dropout < 1.0:
-            raise ValueError(f"dropout must be in [0, 1), got {self.dropout}")
-        if self.attention_window is not None:
-            _positive_int("attention_window", self.attention_window)
         if self.layer_pattern is not None:
-            self.layer_pattern = tuple(self.layer_pattern)  # JSON gives a list
-            if len(self.layer_pattern) != self.n_layers or not set(self.layer_pattern) <= {"global", "local"}:
-                raise ValueError(
-                    f'layer_pattern must hold n_layers={self.n_layers} entries, each "global" or "local", '
-                    f"got {self.layer_pattern}"
-                )
-            if "local" in self.layer_pattern and self.attention_window is None:
+            pattern = self.layer_pattern
+            if (not isinstance(pattern, (tuple, list)) or len(pattern) != self.n_layers
+                    or not all(isinstance(e, str) and e in ("global", "local") for e in pattern)):
+                raise ValueError(f'layer_pattern must be a tuple of n_layers={self.n_layers} entries, each "global" '
+                                 f'or "local", got {describe(pattern)}')
+            if "local" in pattern and self.attention_window is None:
                 raise ValueError('layer_pattern has "local" layers but attention_window is None')
 
     @property
@@ -132,6 +122,7 @@ class GPTConfig:
 
     def layer_window(self, layer: int) -> int | None:
         """The sliding window of layer `layer` (None = global attention)."""
+        check_int("layer", layer, 0, self.n_layers - 1)
         if self.layer_pattern is None:
             return self.attention_window
         return self.attention_window if self.layer_pattern[layer] == "local" else None
@@ -158,6 +149,8 @@ class GPTConfig:
     @classmethod
     def from_dict(cls, d: dict) -> "GPTConfig":
         """Inverse of `to_dict`. Missing fields take their defaults (older checkpoints); unknown keys are an error."""
+        if not isinstance(d, dict):
+            raise ValueError(f"d must be a dict of GPTConfig fields, got {describe(d)}")
         known = {f.name for f in fields(cls)}
         unknown = sorted(set(d) - known)
         if unknown:
@@ -173,9 +166,8 @@ class KVCache:
 
     def __init__(self, config: GPTConfig, batch_size: int, max_len: int | None = None, *, device=None,
                  dtype=torch.float32):
-        max_len = config.context_length if max_len is None else max_len
-        if not 0 < max_len <= config.context_length:
-            raise ValueError(f"max_len must be in [1, context_length={config.context_length}], got {max_len}")
+        check_config(config)
+        max_len = config.context_length if max_len is None else check_int("max_len", max_len, 1, config.context_length)
         self.layers = [
             LayerKVCache(batch_size, config.h_kv, max_len, config.d_k, device=device, dtype=dtype)
             for _ in range(config.n_layers)
@@ -200,8 +192,7 @@ class GPT(nn.Module):
 
     def __init__(self, config: GPTConfig):
         super().__init__()
-        if not isinstance(config, GPTConfig):
-            raise ValueError(f"config must be a GPTConfig, got {type(config).__name__}")
+        check_config(config)
         self.config = c = config
         self.tok_emb = TokenEmbedding(c.vocab_size, c.d_model)
         if c.positional == "learned":
@@ -250,7 +241,8 @@ class GPT(nn.Module):
         Padding positions get 0 (they are masked anyway), as in Hugging Face's generate.
         """
         if padding_mask is None:
-            return torch.arange(length, device=device)[None]  # (1, length)
+            return torch.arange(check_int("length", length, 0), device=device)[None]  # (1, length)
+        check_tensor("padding_mask", padding_mask, ("B", length), torch.bool)
         return (padding_mask.long().cumsum(-1) - 1).masked_fill(~padding_mask, 0)  # (B, length)
 
     def features(self, idx: torch.Tensor, *, padding_mask=None, cache: KVCache | None = None) -> torch.Tensor:
@@ -259,25 +251,29 @@ class GPT(nn.Module):
         idx `(B, T)` long. padding_mask `(B, past + T)` bool, True for real tokens, covering the cached
         tokens too. cache: a `KVCache` holding `past` tokens; idx then holds only the new ones.
         """
-        c = self.config
-        if not isinstance(idx, torch.Tensor) or idx.dim() != 2 or idx.dtype != torch.long:
-            raise ValueError(f"idx must be a (B, T) LongTensor, got {getattr(idx, 'dtype', type(idx))} "
-                             f"{tuple(getattr(idx, 'shape', ()))}")
+        c, weight = self.config, self.tok_emb.weight
+        check_tensor("idx", idx, ("B", "T"), torch.long, weight.device)
         B, T = idx.shape
-        past = 0 if cache is None else cache.length
-        if cache is not None and cache.batch_size != B:
-            raise ValueError(f"idx has batch size {B} but the cache was made for {cache.batch_size}")
+        if B == 0 or T == 0:
+            raise ValueError(f"idx must hold at least one sequence of at least one token, got shape {(B, T)}")
+        past = 0
+        if cache is not None:
+            layer = cache.layers[0].k if isinstance(cache, KVCache) else None
+            if (layer is None or len(cache.layers) != c.n_layers or layer.shape[1::2] != (c.h_kv, c.d_k)
+                    or layer.dtype != weight.dtype or layer.device != weight.device):
+                raise ValueError(f"cache must be a KVCache from this model's new_cache(): {c.n_layers} layers of "
+                                 f"(B, {c.h_kv}, max_len, {c.d_k}) {weight.dtype} on {weight.device}, got "
+                                 + (f"{len(cache.layers)} layers of {describe(layer)}" if layer is not None
+                                    else describe(cache)))
+            past = cache.length
+            if cache.batch_size != B:
+                raise ValueError(f"idx has batch size {B} but the cache was made for {cache.batch_size}")
         if past + T > c.context_length:
             raise ValueError(
                 f"{past} cached + {T} new tokens exceed the context length {c.context_length}"
             )
-        if padding_mask is not None and (
-            padding_mask.dtype != torch.bool or tuple(padding_mask.shape) != (B, past + T)
-        ):
-            raise ValueError(
-                f"padding_mask must be bool (B, past + T) = ({B}, {past + T}), "
-                f"got {padding_mask.dtype} {tuple(padding_mask.shape)}"
-            )
+        if padding_mask is not None:
+            check_tensor("padding_mask", padding_mask, (B, past + T), torch.bool, weight.device)
         k_pos = self.position_ids(padding_mask, past + T, idx.device)  # (1 or B, past + T): every key
         q_pos = k_pos[:, past:]  # (1 or B, T): the new tokens
 
@@ -304,8 +300,7 @@ class GPT(nn.Module):
         logits = self.lm_head(self.features(idx, padding_mask=padding_mask, cache=cache))  # (B, T, V)
         loss = None
         if targets is not None:
-            if not isinstance(targets, torch.Tensor) or targets.shape != idx.shape or targets.dtype != torch.long:
-                raise ValueError(f"targets must be a LongTensor shaped like idx {tuple(idx.shape)}, got "
-                                 f"{getattr(targets, 'dtype', type(targets))} {tuple(getattr(targets, 'shape', ()))}")
+            check_tensor("targets", targets, tuple(idx.shape), torch.long, idx.device)
+            check_ids("targets", targets, self.config.vocab_size, ignore_index=-100)
             loss = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), targets.reshape(-1), ignore_index=-100)
         return logits, loss

@@ -14,17 +14,20 @@ Pre-norm vs post-norm is a property of the block (`block.py`).
 import torch
 import torch.nn as nn
 
+from .utils import check_bool, check_config, check_input, check_int, check_number
+
 
 class LayerNorm(nn.Module):
     """x `(..., d)` -> `(..., d)`, zero mean and unit variance per vector, then `* weight + bias`."""
 
     def __init__(self, d: int, eps: float = 1e-5, bias: bool = True):
         super().__init__()
-        self.eps = eps
-        self.weight = nn.Parameter(torch.ones(d))
-        self.bias = nn.Parameter(torch.zeros(d)) if bias else None
+        self.eps = check_number("eps", eps)
+        self.weight = nn.Parameter(torch.ones(check_int("d", d)))
+        self.bias = nn.Parameter(torch.zeros(d)) if check_bool("bias", bias) else None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        check_input("x", x, self.weight)
         mean = x.mean(dim=-1, keepdim=True)  # (..., 1)
         var = x.var(dim=-1, keepdim=True, unbiased=False)  # (..., 1) biased, as in nn.LayerNorm
         x_hat = (x - mean) / torch.sqrt(var + self.eps)  # (..., d)
@@ -40,10 +43,11 @@ class RMSNorm(nn.Module):
 
     def __init__(self, d: int, eps: float = 1e-5):
         super().__init__()
-        self.eps = eps
-        self.weight = nn.Parameter(torch.ones(d))
+        self.eps = check_number("eps", eps)
+        self.weight = nn.Parameter(torch.ones(check_int("d", d)))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        check_input("x", x, self.weight)
         inv_rms = torch.rsqrt(x.pow(2).mean(dim=-1, keepdim=True) + self.eps)  # (..., 1) 1/sqrt(mean(x^2) + eps)
         return x * inv_rms * self.weight
 
@@ -53,8 +57,7 @@ class RMSNorm(nn.Module):
 
 def make_norm(config) -> nn.Module:
     """The norm a `GPTConfig` asks for: LayerNorm (with a bias if config.bias) or RMSNorm, over d_model."""
+    check_config(config)
     if config.norm == "layernorm":
         return LayerNorm(config.d_model, eps=config.norm_eps, bias=config.bias)
-    if config.norm == "rmsnorm":
-        return RMSNorm(config.d_model, eps=config.norm_eps)
-    raise ValueError(f'norm must be "layernorm" or "rmsnorm", got {config.norm!r}')
+    return RMSNorm(config.d_model, eps=config.norm_eps)

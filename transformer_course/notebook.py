@@ -3,7 +3,8 @@
 Display code lives here (and in `plotting.py`, `widgets.py`), never in the core modules.
 """
 import inspect
-import math
+import json
+import os
 import pathlib
 import warnings
 
@@ -57,26 +58,37 @@ def show_source(obj) -> None:
     display(Markdown(f"`{where}`, lines {start}–{end}\n\n```python\n{''.join(lines).rstrip()}\n```"))
 
 
-def _bucket(diff: float) -> str:
-    if diff == 0:
-        return "identical (max |Δ| = 0)"
-    if not math.isfinite(diff):
-        return f"max |Δ| = {diff}"
-    exponent = math.floor(math.log10(diff)) + 1
-    return f"max |Δ| < 1e{exponent}"
+def _tolerance(atol: float) -> str:
+    """`1e-05` -> `1e-5`, `0.01` -> `0.01`: the tolerance as the chapters print it."""
+    mantissa, _, exponent = f"{atol:.0e}".partition("e")
+    return f"{mantissa}e{int(exponent)}" if atol < 1e-3 and float(f"{atol:.0e}") == atol else f"{atol:g}"
+
+
+def _log_difference(name: str | None, diff: float, atol: float) -> None:
+    """With `TC_LOG_DIFFS=path` set, append the actual difference to that JSON-lines file (for choosing tolerances)."""
+    path = os.environ.get("TC_LOG_DIFFS")
+    if path:
+        with open(path, "a", encoding="utf-8") as f:
+            f.write(json.dumps({"name": name, "diff": diff, "atol": atol}) + "\n")
 
 
 def report_close(a, b, name: str | None = None, atol: float = 1e-5) -> None:
-    """Print how closely two tensors agree as a stable tolerance bucket (e.g. `max |Δ| < 1e-6`).
+    """Check that two tensors agree to within `atol` and print that tolerance (`x: agree to within 1e-5`).
 
-    Raises `AssertionError` when they differ by more than `atol`, so a chapter cell fails loudly.
+    The printed line names the tolerance checked, never the size of the difference, whose order of
+    magnitude flips between CPU kernels (CONVENTIONS §4); `atol=0` prints "identical", for the two sides that
+    run the same operations in the same order. Raises `AssertionError` when max |a - b| > atol,
+    so a chapter cell fails loudly. Set `TC_LOG_DIFFS=path` to record each actual difference in a file.
     Returns nothing, so that it can end a notebook cell without echoing a value.
     """
     a, b = torch.as_tensor(a), torch.as_tensor(b)
     if a.shape != b.shape:
         raise ValueError(f"report_close: shapes differ, {tuple(a.shape)} vs {tuple(b.shape)}")
+    if not isinstance(atol, (int, float)) or isinstance(atol, bool) or not atol >= 0:
+        raise ValueError(f"report_close: atol must be a number >= 0, got {atol!r}")
     diff = (a.double() - b.double()).abs().max().item() if a.numel() else 0.0
+    _log_difference(name, diff, atol)
     prefix = f"{name}: " if name else ""
-    print(f"{prefix}{_bucket(diff)}")
     if not diff <= atol:
         raise AssertionError(f"{prefix}max |Δ| = {diff:.3g} exceeds atol = {atol:g}")
+    print(f"{prefix}identical" if atol == 0 else f"{prefix}agree to within {_tolerance(atol)}")

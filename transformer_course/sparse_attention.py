@@ -25,13 +25,12 @@ import math
 import torch
 import torch.nn.functional as F
 
-
-def _check_length(name, value):
-    if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-        raise ValueError(f"{name} must be a positive int, got {value!r}")
+from .attention import check_qkv
+from .utils import check_device, check_float_dtype, check_int, check_number, check_tensor
 
 
 def _positions(T, device):
+    device = None if device is None else check_device("device", device)
     i = torch.arange(T, device=device)[:, None]  # (T, 1): query positions
     j = torch.arange(T, device=device)[None, :]  # (1, T): key positions
     return i, j
@@ -39,23 +38,23 @@ def _positions(T, device):
 
 def causal_mask(T: int, *, device=None) -> torch.Tensor:
     """Full causal attention: query i sees keys 0..i. Bool `(T, T)`."""
-    _check_length("T", T)
+    check_int("T", T)
     i, j = _positions(T, device)
     return j <= i
 
 
 def sliding_window_mask(T: int, window: int, *, device=None) -> torch.Tensor:
     """Local attention: query i sees keys i-window+1 .. i (itself and the window-1 before it). Bool `(T, T)`."""
-    _check_length("T", T)
-    _check_length("window", window)
+    check_int("T", T)
+    check_int("window", window)
     i, j = _positions(T, device)
     return (j <= i) & (i - j < window)
 
 
 def strided_mask(T: int, stride: int, *, device=None) -> torch.Tensor:
     """Child et al. (2019) strided pattern: the previous `stride` positions, plus every stride-th one. `(T, T)`."""
-    _check_length("T", T)
-    _check_length("stride", stride)
+    check_int("T", T)
+    check_int("stride", stride)
     i, j = _positions(T, device)
     causal = j <= i
     local = i - j <= stride  # A1: t, ..., i with t = max(0, i - l)
@@ -65,9 +64,9 @@ def strided_mask(T: int, stride: int, *, device=None) -> torch.Tensor:
 
 def fixed_mask(T: int, stride: int, c: int = 1, *, device=None) -> torch.Tensor:
     """Child et al. (2019) fixed pattern: one's own block of `stride`, plus the last `c` of every block. `(T, T)`."""
-    _check_length("T", T)
-    _check_length("stride", stride)
-    _check_length("c", c)
+    check_int("T", T)
+    check_int("stride", stride)
+    check_int("c", c)
     if c > stride:
         raise ValueError(f"c (summary positions per block) must be <= stride, got c={c}, stride={stride}")
     i, j = _positions(T, device)
@@ -79,8 +78,8 @@ def fixed_mask(T: int, stride: int, c: int = 1, *, device=None) -> torch.Tensor:
 
 def mask_to_bias(allowed: torch.Tensor, dtype=torch.float32) -> torch.Tensor:
     """A bool mask (True = allowed) as an additive bias: 0 where allowed, -inf elsewhere (for `attention`)."""
-    if not isinstance(allowed, torch.Tensor) or allowed.dtype != torch.bool:
-        raise ValueError(f"allowed must be a bool tensor, got {getattr(allowed, 'dtype', type(allowed))}")
+    check_tensor("allowed", allowed, dtype=torch.bool)
+    check_float_dtype("dtype", dtype)
     return torch.zeros(allowed.shape, dtype=dtype, device=allowed.device).masked_fill(~allowed, float("-inf"))
 
 
@@ -90,8 +89,8 @@ def receptive_field(layers: int, window: int) -> int:
     Each layer reaches window-1 positions further back, so the field is L (w - 1) + 1 (before the start of
     the sequence cuts it off).
     """
-    _check_length("layers", layers)
-    _check_length("window", window)
+    check_int("layers", layers)
+    check_int("window", window)
     return layers * (window - 1) + 1
 
 
@@ -103,14 +102,16 @@ def banded_attention(q, k, v, window: int, *, scale=None) -> torch.Tensor:
     or the one before, so each chunk is scored against those 2w keys only.
     """
     for name, t in (("q", q), ("k", k), ("v", v)):
-        if not isinstance(t, torch.Tensor) or t.dim() != 4:
-            raise ValueError(f"{name} must be a 4-D tensor (B, h, T, d_k), got {getattr(t, 'shape', type(t))}")
+        check_tensor(name, t, ("B", "h", "T", "d_k"), "float")
     if not (q.shape == k.shape == v.shape):
         raise ValueError(f"q, k, v must have the same shape (B, h, T, d_k) (self-attention, no grouped heads), "
                          f"got {tuple(q.shape)}, {tuple(k.shape)}, {tuple(v.shape)}")
-    _check_length("window", window)
+    check_qkv(q, k, v)  # one dtype, one device, d_k >= 1
+    check_int("window", window)
     B, h, T, d_k = q.shape
-    scale = 1.0 / math.sqrt(d_k) if scale is None else scale
+    if T == 0:
+        raise ValueError(f"q, k, v must hold at least one position, got shape {tuple(q.shape)}")
+    scale = 1.0 / math.sqrt(d_k) if scale is None else check_number("scale", scale, "[0, inf)")
     w = min(window, T)  # chunk length; window >= T: one chunk, which is plain causal attention
     n = -(-T // w)  # number of chunks, ceil(T / w)
     pad = n * w - T  # pad the end so T divides into chunks (padded keys lie after every real query)

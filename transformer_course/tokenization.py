@@ -32,6 +32,8 @@ from pathlib import Path
 
 import regex
 
+from .utils import check_int, check_path, describe
+
 # GPT-2's pre-split (openai/gpt-2, src/encoder.py): contractions, letters, numbers, other symbols, whitespace.
 GPT2_SPLIT_PATTERN = r"""'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+"""
 EOT = "<|endoftext|>"
@@ -45,8 +47,16 @@ REBUILD_COMMAND = "python -m transformer_course.tokenization --rebuild"
 # The two helpers everything else is made of
 
 
+def _check_id_list(ids) -> None:
+    if not isinstance(ids, (list, tuple)):
+        raise ValueError(f"ids must be a list of token ids (ints), got {describe(ids)}")
+
+
 def get_stats(ids, counts=None):
     """Count adjacent pairs: [1, 2, 3, 1, 2] -> {(1, 2): 2, (2, 3): 1, (3, 1): 1}; adds into `counts` if given."""
+    _check_id_list(ids)
+    if counts is not None and not isinstance(counts, dict):
+        raise ValueError(f"counts must be None or a dict to add into, got {describe(counts)}")
     counts = {} if counts is None else counts
     for pair in zip(ids, ids[1:]):
         counts[pair] = counts.get(pair, 0) + 1
@@ -55,6 +65,10 @@ def get_stats(ids, counts=None):
 
 def merge(ids, pair, idx):
     """Replace every occurrence of `pair`, left to right, by `idx`: merge([1, 1, 1], (1, 1), 9) -> [9, 1]."""
+    _check_id_list(ids)
+    if not isinstance(pair, (list, tuple)) or len(pair) != 2:
+        raise ValueError(f"pair must be a pair of ids (id1, id2), got {describe(pair)}")
+    check_int("idx", idx, 0)
     out, i = [], 0
     while i < len(ids):
         if i < len(ids) - 1 and ids[i] == pair[0] and ids[i + 1] == pair[1]:
@@ -82,10 +96,13 @@ def split_text(text: str, pattern=GPT2_SPLIT_PATTERN, special_tokens=(EOT,)) -> 
 
     The pattern must match every character (GPT-2's does); characters it skips would be lost.
     """
+    if not isinstance(text, str):
+        raise ValueError(f"text must be a str, got {describe(text)}")
+    _check_special_tokens(special_tokens)
+    compiled = _compile(pattern)
     parts = _split_special(text, special_tokens)[::2]
-    if pattern is None:
+    if compiled is None:
         return [part for part in parts if part]
-    compiled = regex.compile(pattern)
     return [chunk for part in parts for chunk in compiled.findall(part)]
 
 
@@ -96,12 +113,11 @@ def split_text(text: str, pattern=GPT2_SPLIT_PATTERN, special_tokens=(EOT,)) -> 
 def _check_training_args(text, vocab_size, special_tokens, pattern) -> int:
     """Validate the arguments of a trainer; return the number of merges to learn."""
     if not isinstance(text, str):
-        raise ValueError(f"text must be a str, got {type(text).__name__}")
+        raise ValueError(f"text must be a str, got {describe(text)}")
     if not text:
         raise ValueError("text is empty: BPE needs training text to count pairs in")
     _check_special_tokens(special_tokens)
-    if pattern is not None and not isinstance(pattern, str):
-        raise ValueError(f"pattern must be a str or None, got {type(pattern).__name__}")
+    _compile(pattern)
     smallest = 256 + len(special_tokens)
     if not isinstance(vocab_size, int) or isinstance(vocab_size, bool) or vocab_size < smallest:
         raise ValueError(f"vocab_size must be an int >= 256 bytes + {len(special_tokens)} special tokens "
@@ -114,6 +130,17 @@ def _check_special_tokens(special_tokens) -> None:
         raise ValueError(f"special_tokens must be a list or tuple of str, got {special_tokens!r}")
     if not all(isinstance(s, str) and s for s in special_tokens) or len(set(special_tokens)) != len(special_tokens):
         raise ValueError(f"special_tokens must be distinct non-empty strings, got {special_tokens!r}")
+
+
+def _compile(pattern):
+    """The compiled split pattern (None: no pattern), or a ValueError naming it."""
+    if pattern is None:
+        return None
+    try:
+        return regex.compile(pattern)
+    except (TypeError, regex.error) as exc:
+        raise ValueError(f"pattern must be None or a valid regular expression (str), got {describe(pattern)}: "
+                         f"{exc}") from None
 
 
 def _no_pair_left(done: int, wanted: int, vocab_size: int) -> ValueError:
@@ -205,8 +232,10 @@ class BPETokenizer:
 
     def __init__(self, merges, special_tokens=(EOT,), pattern=GPT2_SPLIT_PATTERN, meta=None):
         _check_special_tokens(special_tokens)
-        if pattern is not None and not isinstance(pattern, str):
-            raise ValueError(f"pattern must be a str or None, got {type(pattern).__name__}")
+        if not isinstance(merges, (list, tuple)):
+            raise ValueError(f"merges must be a list of pairs (id1, id2), got {describe(merges)}")
+        if meta is not None and not isinstance(meta, dict):
+            raise ValueError(f"meta must be None or a dict, got {describe(meta)}")
         self.vocab = [bytes([i]) for i in range(256)]  # id -> bytes
         self.merges = {}  # (id1, id2) -> merged id; dict order is the order of learning
         for k, pair in enumerate(merges):
@@ -221,7 +250,7 @@ class BPETokenizer:
         self.special_tokens = {s: len(self.vocab) + j for j, s in enumerate(special_tokens)}  # str -> id
         self.vocab += [s.encode("utf-8") for s in special_tokens]
         self.pattern = pattern
-        self._compiled = regex.compile(pattern) if pattern is not None else None
+        self._compiled = _compile(pattern)
         self.meta = dict(meta or {})  # provenance, saved with the tokenizer
         self._cache = {}  # chunk -> ids
 
@@ -280,7 +309,7 @@ class BPETokenizer:
         elif allowed_special == "none":
             special = {}
         elif isinstance(allowed_special, (set, frozenset, list, tuple)):
-            unknown = [s for s in allowed_special if s not in self.special_tokens]
+            unknown = [s for s in allowed_special if not isinstance(s, str) or s not in self.special_tokens]
             if unknown:
                 raise ValueError(f"allowed_special names unknown special tokens {unknown}; "
                                  f"this tokenizer has {list(self.special_tokens)}")
@@ -345,8 +374,13 @@ class BPETokenizer:
                              "format='transformer_course.BPETokenizer'")
         if d.get("version") != 1:
             raise ValueError(f"unsupported tokenizer version {d.get('version')!r}; this code reads version 1")
-        merges = [tuple(pair) for pair in d["merges"]]
-        special = d["special_tokens"]
+        missing = [name for name in ("merges", "special_tokens", "pattern") if name not in d]
+        if missing:
+            raise ValueError(f"the tokenizer description lacks the field(s) {missing}")
+        merges, special = d["merges"], d["special_tokens"]
+        if not isinstance(merges, list) or not isinstance(special, dict):
+            raise ValueError(f"merges must be a list of [id1, id2] and special_tokens a dict {{token: id}}, got "
+                             f"{describe(merges)} and {describe(special)}")
         expected = {s: 256 + len(merges) + j for j, s in enumerate(special)}
         if special != expected:
             raise ValueError(f"special token ids must follow the merges in order: expected {expected}, "
@@ -355,15 +389,21 @@ class BPETokenizer:
 
     def save(self, path) -> None:
         """Write JSON, one merge per line so that a changed merge table shows as a readable diff."""
+        path = check_path("path", path)
         d = self.to_dict()
         merges = d.pop("merges")
         head = json.dumps(d, indent=2, ensure_ascii=False)[:-2]  # without the closing "\n}"
         lines = ",\n".join(f"    [{a}, {b}]" for a, b in merges)
-        Path(path).write_text(f'{head},\n  "merges": [\n{lines}\n  ]\n}}\n', encoding="utf-8")
+        path.write_text(f'{head},\n  "merges": [\n{lines}\n  ]\n}}\n', encoding="utf-8")
 
     @classmethod
     def load(cls, path) -> "BPETokenizer":
-        return cls.from_dict(json.loads(Path(path).read_text(encoding="utf-8")))
+        """The tokenizer `save` wrote to `path`; a file that is not one is refused by name."""
+        path = check_path("path", path)
+        try:
+            return cls.from_dict(json.loads(path.read_text(encoding="utf-8")))
+        except ValueError as exc:  # also invalid JSON and invalid UTF-8
+            raise ValueError(f"{path} is not a readable tokenizer file: {exc}") from None
 
 
 # --------------------------------------------------------------------------------------------------------

@@ -16,6 +16,7 @@ import torch
 from tqdm.auto import tqdm
 
 from .checkpoints import save_checkpoint
+from .utils import check_device, check_int, check_number, check_tensor, describe
 
 
 @dataclass
@@ -44,46 +45,30 @@ class TrainConfig:
         self.validate()
 
     def validate(self) -> None:
-        """Raise `ValueError` naming the first field with an impossible value."""
+        """Raise `ValueError` naming the first field of the wrong type or with an impossible value."""
         for name in ("steps", "batch_size", "block_size", "eval_interval", "eval_batches"):
-            value = getattr(self, name)
-            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-                raise ValueError(f"TrainConfig.{name} must be an int >= 1, got {value!r}")
-        if not isinstance(self.warmup_steps, int) or not 0 <= self.warmup_steps <= self.steps:
-            raise ValueError(f"TrainConfig.warmup_steps must be an int in [0, steps={self.steps}], "
-                             f"got {self.warmup_steps!r}")
-        if not isinstance(self.seed, int) or isinstance(self.seed, bool):
-            raise ValueError(f"TrainConfig.seed must be an int, got {self.seed!r}")
-        if not _is_number(self.lr) or not self.lr > 0:
-            raise ValueError(f"TrainConfig.lr must be > 0, got {self.lr!r}")
-        if not _is_number(self.min_lr) or not 0 <= self.min_lr <= self.lr:
-            raise ValueError(f"TrainConfig.min_lr must be in [0, lr={self.lr}], got {self.min_lr!r}")
-        if not _is_number(self.weight_decay) or not self.weight_decay >= 0:
-            raise ValueError(f"TrainConfig.weight_decay must be >= 0, got {self.weight_decay!r}")
-        if not _is_number(self.grad_clip) or not self.grad_clip >= 0:
-            raise ValueError(f"TrainConfig.grad_clip must be >= 0 (0 = no clipping), got {self.grad_clip!r}")
-        if (not isinstance(self.betas, (tuple, list)) or len(self.betas) != 2
-                or not all(_is_number(b) and 0 <= b < 1 for b in self.betas)):
-            raise ValueError(f"TrainConfig.betas must be two numbers in [0, 1), got {self.betas!r}")
+            check_int(f"TrainConfig.{name}", getattr(self, name))
+        check_int("TrainConfig.warmup_steps (at most steps)", self.warmup_steps, 0, self.steps)
+        check_int("TrainConfig.seed", self.seed, -(2**63), 2**64 - 1)
+        check_number("TrainConfig.lr", self.lr)
+        check_number("TrainConfig.min_lr (at most lr)", self.min_lr, f"[0, {self.lr}]")
+        check_number("TrainConfig.weight_decay", self.weight_decay, "[0, inf)")
+        check_number("TrainConfig.grad_clip (0 = no clipping)", self.grad_clip, "[0, inf)")
+        if not isinstance(self.betas, (tuple, list)) or len(self.betas) != 2:
+            raise ValueError(f"TrainConfig.betas must be two numbers in [0, 1), got {describe(self.betas)}")
+        for i, beta in enumerate(self.betas):
+            check_number(f"TrainConfig.betas[{i}]", beta, "[0, 1)")
         if self.device is not None:
-            try:
-                torch.device(self.device)
-            except (RuntimeError, TypeError) as exc:
-                raise ValueError(f"TrainConfig.device must be None or a torch device string, "
-                                 f"got {self.device!r}") from exc
+            if not isinstance(self.device, str):
+                raise ValueError(f'TrainConfig.device must be None or a str such as "cpu", got {describe(self.device)}')
+            check_device("TrainConfig.device", self.device)
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
 
 
-def _is_number(x) -> bool:
-    return isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x)
-
-
 def _check_ids(ids, name: str, block_size: int) -> torch.Tensor:
-    if not isinstance(ids, torch.Tensor) or ids.dim() != 1 or ids.dtype.is_floating_point or ids.dtype == torch.bool:
-        shape = tuple(ids.shape) if isinstance(ids, torch.Tensor) else type(ids).__name__
-        raise ValueError(f"{name} must be a 1-D integer tensor of token ids, got {shape}")
+    check_tensor(f"{name} (token ids)", ids, ("N",), "int")
     if len(ids) <= block_size:
         raise ValueError(f"{name} has {len(ids)} tokens; it needs more than block_size={block_size}")
     return ids.long()
@@ -96,10 +81,10 @@ def get_batch(ids: torch.Tensor, batch_size: int, block_size: int,
     Returns inputs `x` (B, T) and targets `y` (B, T) with `y[:, t] == x[:, t + 1]`: every position is
     trained to predict the token that follows it. T = `block_size`. Tensors stay on `ids`' device.
     """
-    if not isinstance(batch_size, int) or batch_size < 1:
-        raise ValueError(f"batch_size must be an int >= 1, got {batch_size!r}")
-    if not isinstance(block_size, int) or block_size < 1:
-        raise ValueError(f"block_size must be an int >= 1, got {block_size!r}")
+    check_int("batch_size", batch_size)
+    check_int("block_size", block_size)
+    if generator is not None and not isinstance(generator, torch.Generator):
+        raise ValueError(f"generator must be None or a torch.Generator, got {describe(generator)}")
     ids = _check_ids(ids, "ids", block_size)
     starts = torch.randint(len(ids) - block_size, (batch_size,), generator=generator)
     x = torch.stack([ids[i:i + block_size] for i in starts.tolist()])
@@ -114,8 +99,9 @@ def lr_at(step: int, cfg: TrainConfig) -> float:
     the cosine then falls from `lr` at `step = warmup_steps` to `min_lr` at the last update,
     `step = steps - 1` (halfway in between it is exactly `(lr + min_lr) / 2`). Later steps stay at `min_lr`.
     """
-    if step < 0:
-        raise ValueError(f"step must be >= 0, got {step}")
+    check_int("step", step, 0)
+    if not isinstance(cfg, TrainConfig):
+        raise ValueError(f"cfg must be a TrainConfig, got {describe(cfg)}")
     if step < cfg.warmup_steps:
         return cfg.lr * (step + 1) / cfg.warmup_steps
     decay_steps = max(1, cfg.steps - 1 - cfg.warmup_steps)
@@ -169,6 +155,10 @@ def train(model: torch.nn.Module, train_ids: torch.Tensor, val_ids: torch.Tensor
     `progress=True` shows a tqdm bar and prints each evaluation (the command line); notebooks pass False.
     With `checkpoint_path` (and the `tokenizer` to store with it) the model is saved at every evaluation
     and when training is interrupted (Ctrl-C saves, then re-raises), with `meta` added to the checkpoint.
+
+    Every random draw follows `cfg.seed`: batch order comes from a generator seeded with it, and dropout
+    (which takes no generator: `nn.Dropout`, `F.dropout`, SDPA's `dropout_p`) from the global RNG, seeded
+    with it inside `torch.random.fork_rng()`, so the caller's global RNG is left as it was.
     """
     cfg.validate()
     if not isinstance(model, torch.nn.Module):
@@ -208,28 +198,31 @@ def train(model: torch.nn.Module, train_ids: torch.Tensor, val_ids: torch.Tensor
     bar = tqdm(total=cfg.steps, disable=not progress, dynamic_ncols=True)
     done = 0  # updates finished
     model.train()
-    try:
-        evaluate(0)
-        for step in range(cfg.steps):
-            for group in optimizer.param_groups:
-                group["lr"] = lr_at(step, cfg)
-            x, y = get_batch(train_ids, cfg.batch_size, cfg.block_size, generator)
-            _, loss = model(x.to(device), y.to(device))
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            if cfg.grad_clip > 0:
-                torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
-            optimizer.step()
-            done = step + 1
-            bar.update(1)
-            bar.set_postfix(loss=f"{loss.item():.4f}", refresh=False)
-            if done % cfg.eval_interval == 0 or done == cfg.steps:
-                evaluate(done)
-    except KeyboardInterrupt:
-        if checkpoint_path is not None:
-            save(done, None, interrupted=True)
-            bar.write(f"interrupted after {done} steps; saved {checkpoint_path}")
-        raise
-    finally:
-        bar.close()
+    cuda_devices = [device] if device.type == "cuda" else []
+    with torch.random.fork_rng(devices=cuda_devices):  # dropout's RNG follows cfg.seed; the caller's is restored
+        torch.manual_seed(cfg.seed)
+        try:
+            evaluate(0)
+            for step in range(cfg.steps):
+                for group in optimizer.param_groups:
+                    group["lr"] = lr_at(step, cfg)
+                x, y = get_batch(train_ids, cfg.batch_size, cfg.block_size, generator)
+                _, loss = model(x.to(device), y.to(device))
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                if cfg.grad_clip > 0:
+                    torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+                optimizer.step()
+                done = step + 1
+                bar.update(1)
+                bar.set_postfix(loss=f"{loss.item():.4f}", refresh=False)
+                if done % cfg.eval_interval == 0 or done == cfg.steps:
+                    evaluate(done)
+        except KeyboardInterrupt:
+            if checkpoint_path is not None:
+                save(done, None, interrupted=True)
+                bar.write(f"interrupted after {done} steps; saved {checkpoint_path}")
+            raise
+        finally:
+            bar.close()
     return history

@@ -17,7 +17,16 @@ a missing scale factor) into hints.
 Leaves out: grading, scores and hidden tests; checkers help readers, they do not examine them.
 """
 import functools
+import io
+import os
+import pickle
+import select
+import signal
+import struct
+import sys
 import threading
+import time
+import warnings
 from dataclasses import dataclass
 
 import torch
@@ -46,26 +55,127 @@ class CheckResult:
         raise TypeError("a CheckResult has no truth value: test result.passed (or `problem is not None`)")
 
 
-def _call(fn, args, kwargs, timeout: float) -> tuple[str, object]:
-    """Run `fn(*args, **kwargs)` in a daemon thread: ("ok", value) | ("error", exception) | ("timeout", None).
+# In the child process of a check: the pipe to the parent, which enforces `run_with_timeout`'s limits.
+_parent_pipe: int | None = None
 
-    A thread that runs past `timeout` cannot be stopped; it is left running in the background (daemon,
-    so it never blocks the interpreter from exiting). Grad mode is thread-local, so it is passed along.
+
+def _send(fd: int, message) -> None:
+    data = pickle.dumps(message)
+    os.write(fd, struct.pack("<Q", len(data)))
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view):]
+
+
+def _child(fn, args, kwargs, fd: int) -> None:
+    """The forked child: run `fn`, send ("done", outcome, printed text) to the parent, leave with `os._exit`."""
+    global _parent_pipe
+    try:
+        torch.set_num_threads(1)  # a forked child's torch ops hang on the parent's intra-op thread pool
+        _parent_pipe = fd
+        sys.stdout = sys.stderr = printed = io.StringIO()  # the kernel's streams are not usable in a child
+        try:
+            outcome = ("ok", fn(*args, **kwargs))
+        except BaseException as exc:  # noqa: BLE001 - the reader's code may raise anything, SystemExit included
+            outcome = ("error", _describe(exc))
+        try:
+            _send(fd, ("done", outcome, printed.getvalue()))
+        except Exception as exc:  # noqa: BLE001 - e.g. a returned value that cannot be pickled
+            _send(fd, ("done", ("error", f"a {type(outcome[1]).__name__} that cannot be sent back ({exc})"),
+                       printed.getvalue()))
+    finally:
+        os._exit(0)
+
+
+def _can_fork() -> bool:
+    # CUDA cannot be used again in a forked child once the parent has initialised it.
+    return hasattr(os, "fork") and not torch.cuda.is_initialized()
+
+
+def _fork_call(fn, args, kwargs, timeout: float) -> tuple[str, object]:
+    """Run `fn(*args, **kwargs)` in a forked child that is killed (SIGKILL) when it runs past its limit.
+
+    Returns ("ok", value) | ("error", description) | ("timeout", seconds) | ("fn-timeout", seconds): the limit
+    is `timeout`, or ("fn-timeout") one that the child announced through `run_with_timeout` while it ran the
+    reader's function.
+    """
+    read_fd, write_fd = os.pipe()
+    with warnings.catch_warnings():  # Python >= 3.12 warns when a multi-threaded process (a kernel) forks
+        warnings.simplefilter("ignore", DeprecationWarning)
+        pid = os.fork()
+    if pid == 0:
+        os.close(read_fd)
+        _child(fn, args, kwargs, write_fd)
+    os.close(write_fd)
+    start = time.monotonic()
+    limits = [(start + timeout, timeout, "timeout")]  # (deadline, seconds, status), the innermost last
+    buffer, result = b"", None
+    try:
+        while result is None:
+            deadline, seconds, status = min(limits)
+            ready, _, _ = select.select([read_fd], [], [], max(0.0, deadline - time.monotonic()))
+            if not ready:
+                result = (status, seconds)
+                break
+            chunk = os.read(read_fd, 1 << 20)
+            if not chunk:
+                result = ("error", "the checking process ended without an answer (did the code call os._exit?)")
+                break
+            buffer += chunk
+            while len(buffer) >= 8 and len(buffer) >= 8 + struct.unpack("<Q", buffer[:8])[0]:
+                size = struct.unpack("<Q", buffer[:8])[0]
+                message, buffer = pickle.loads(buffer[8:8 + size]), buffer[8 + size:]
+                if message[0] == "limit":  # run_with_timeout started the reader's function
+                    limits.append((time.monotonic() + message[1], message[1], "fn-timeout"))
+                elif message[0] == "unlimit":
+                    limits.pop()
+                else:
+                    _, result, printed = message
+                    sys.stdout.write(printed)
+    finally:
+        os.close(read_fd)
+        if result is None or result[0] in ("timeout", "fn-timeout"):
+            os.kill(pid, signal.SIGKILL)
+        os.waitpid(pid, 0)  # reap it: no process is left behind
+    return result
+
+
+def _thread_call(fn, args, kwargs, timeout: float) -> tuple[str, object]:
+    """The fallback where fork is unavailable (Windows) or CUDA is in use: a daemon thread.
+
+    A thread cannot be stopped: one that runs past `timeout` (or C code holding the GIL) keeps running.
     """
     outcome: list = []
     grad_enabled = torch.is_grad_enabled()
 
     def target():
         try:
-            with torch.set_grad_enabled(grad_enabled):
+            with torch.set_grad_enabled(grad_enabled):  # grad mode is thread-local
                 outcome.append(("ok", fn(*args, **kwargs)))
         except BaseException as exc:  # noqa: BLE001 - the reader's code may raise anything, SystemExit included
-            outcome.append(("error", exc))
+            outcome.append(("error", _describe(exc)))
 
     thread = threading.Thread(target=target, daemon=True, name="exercise-check")
     thread.start()
     thread.join(timeout)
-    return outcome[0] if outcome else ("timeout", None)
+    return outcome[0] if outcome else ("timeout", timeout)
+
+
+def _call(fn, args, kwargs, timeout: float) -> tuple[str, object]:
+    """Run `fn(*args, **kwargs)` so that it can be stopped after `timeout` s: in a killable child process.
+
+    Inside a check's child, the reader's function runs in the same process while the parent watches the
+    time limit the child announced; elsewhere a fresh child is forked. Without fork, a thread (see above).
+    """
+    if _parent_pipe is not None:
+        _send(_parent_pipe, ("limit", timeout))
+        try:
+            return ("ok", fn(*args, **kwargs))
+        except BaseException as exc:  # noqa: BLE001
+            return ("error", _describe(exc))
+        finally:
+            _send(_parent_pipe, ("unlimit",))
+    return (_fork_call if _can_fork() else _thread_call)(fn, args, kwargs, timeout)
 
 
 def as_int(value, what: str) -> tuple[int | None, CheckResult | None]:
@@ -87,20 +197,27 @@ def _describe(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
 
 
+def _too_slow(seconds: float) -> CheckResult:
+    return CheckResult(False, f"your function did not finish within {seconds:g} s "
+                              f"(an endless loop, or far too much work?)")
+
+
 def run_with_timeout(fn, *args, timeout: float = 5.0, **kwargs) -> tuple[object, CheckResult | None]:
     """Call the reader's `fn(*args, **kwargs)`; return `(value, None)`, or `(None, failed CheckResult)`.
 
     Never raises: a non-callable, an exception or running past `timeout` seconds each become a failed
-    result saying so. A function that hangs keeps running in a background daemon thread.
+    result saying so. The function runs in a child process that is killed at the limit, so even C code
+    that holds the GIL (`sum(range(10**9))`) is stopped; where fork is unavailable (Windows) or CUDA is
+    initialised, it runs in a thread instead, which cannot be stopped and keeps running in the background.
+    Called outside a check, the returned value is pickled back from the child.
     """
     if not callable(fn):
         return None, CheckResult(False, f"expected a function, got {type(fn).__name__}")
     status, value = _call(fn, args, kwargs, timeout)
-    if status == "timeout":
-        return None, CheckResult(False, f"your function did not finish within {timeout:g} s "
-                                        f"(an endless loop, or far too much work?)")
+    if status in ("timeout", "fn-timeout"):
+        return None, _too_slow(value)
     if status == "error":
-        return None, CheckResult(False, f"your function raised {_describe(value)}")
+        return None, CheckResult(False, f"your function raised {value}")
     return value, None
 
 
@@ -114,10 +231,12 @@ def checker(check):
     @functools.wraps(check)
     def wrapped(*args, **kwargs):
         status, value = _call(check, args, kwargs, CHECK_TIMEOUT)
+        if status == "fn-timeout":  # the reader's function, run by the check, was stopped at its limit
+            return _too_slow(value)
         if status == "timeout":
             return CheckResult(False, f"checking did not finish within {CHECK_TIMEOUT:g} s")
         if status == "error":
-            return CheckResult(False, f"checking your answer raised {_describe(value)}")
+            return CheckResult(False, f"checking your answer raised {value}")
         if not isinstance(value, CheckResult):
             return CheckResult(False, f"the checker returned {type(value).__name__}, not a CheckResult")
         return value

@@ -172,7 +172,12 @@ def check_encode(fn) -> CheckResult:
             return problem
         if got is None:
             return CheckResult(False, "your function returned None; did you forget to `return` the ids?")
-        if hasattr(got, "tolist") and not isinstance(got, (str, bytes)):
+        if hasattr(got, "tolist") and not isinstance(got, (str, bytes)):  # a tensor or array: check before converting
+            shape = tuple(getattr(got, "shape", ()))
+            if len(shape) != 1:
+                return CheckResult(False, f"return a 1-D sequence of ids, got shape {shape}")
+            if shape[0] != len(expected):
+                return CheckResult(False, f"with {name}, encode({text!r}): {shape[0]:,} ids, expected {len(expected)}")
             got = got.tolist()
         if isinstance(got, (bytes, bytearray)):
             return CheckResult(False, "you returned the raw bytes; turn them into a list of ints and apply the merges")
