@@ -10,8 +10,10 @@ CH ?=
 # One BLAS/OpenMP thread per process for tests and stored outputs: the 2 pytest workers then share 2 cores
 # without oversubscription (which made tiny ops 1000x slower), and floats are bit-stable (CONVENTIONS §4).
 TEST_ENV := OMP_NUM_THREADS=1 MKL_NUM_THREADS=1
+PORTABLE := ATEN_CPU_CAPABILITY=default MKL_ENABLE_INSTRUCTIONS=SSE4_2
+NBVAL := --nbval --nbval-current-env --nbval-sanitize-with tests/sanitize.cfg
 
-.PHONY: book test lab execute bench clean
+.PHONY: book test lab execute bench portability clean
 
 # The environment: exact pins under the full lock, then the package in editable mode.
 $(STAMP): requirements.txt constraints.txt pyproject.toml
@@ -38,9 +40,12 @@ book: $(STAMP) $(MATHJAX)
 
 # Unit, reference, exercise and property tests; strict nbval on every chapter; the site build and a headless
 # Chromium visiting every page (tests/test_site.py finds or installs Chromium).
+# Then the portable check: the chapters and the tests again on PyTorch's portable CPU kernels, which compute
+# what an older or different CPU does, so an output that holds on one kernel only fails here (CONVENTIONS §4).
 test: $(STAMP) $(MATHJAX)
-	$(TEST_ENV) $(PY) -m pytest tests book --nbval --nbval-current-env --nbval-sanitize-with tests/sanitize.cfg \
-		-n 2 --dist loadscope -q
+	$(TEST_ENV) $(PY) -m pytest tests book $(NBVAL) -n 2 --dist loadscope -q
+	@echo "Portable check: the chapters and tests again on portable CPU kernels ($(PORTABLE))"
+	$(TEST_ENV) $(PORTABLE) $(PY) -m pytest tests book $(NBVAL) --ignore tests/test_site.py -n 2 --dist loadscope -q
 
 lab: $(STAMP)
 	$(VENV)/bin/jupyter lab book/
@@ -55,6 +60,11 @@ execute: $(STAMP)
 
 bench: $(STAMP)
 	$(PY) benchmarks/run_all.py
+
+# Every chapter under native, AVX2 and portable CPU kernels: the actual differences behind each printed
+# tolerance, and any printed text that changes with the kernel (make portability [CH=05]).
+portability: $(STAMP)
+	$(PY) benchmarks/kernel_portability.py $(CH)
 
 clean:
 	rm -rf _build _site_assets

@@ -10,7 +10,7 @@ from collections import Counter
 import pytest
 import torch
 
-from transformer_course.data import (EOT, FACTS, FACT_RELATIONS, count_facts, held_out, load_text, sentences,
+from transformer_course.data import (EOT, FACTS, FACT_RELATIONS, count_facts, held_out_split, load_text, sentences,
                                      synthetic_corpus, train_val_split)
 
 
@@ -197,19 +197,19 @@ def test_sentences_split_at_sentence_ends_and_keep_quoted_speech_whole():
 
 def test_held_out_sentences_never_occur_in_the_course_corpus():
     course = synthetic_corpus(seed=0)
-    split = held_out(20_000)
+    split = held_out_split(20_000)
     assert len(split.text) >= 20_000
     kept = [s for doc in split.text.split(EOT) for s in sentences(doc)]
     assert len(kept) > 300
     assert not [s for s in kept if s in course]          # not even inside a longer sentence
     assert 0.1 < split.kept_fraction < 0.9
     assert split.mean_chars_kept > split.mean_chars_all  # short sentences recur: the filter keeps long ones
-    assert held_out(20_000) == split                     # deterministic
-    assert held_out(5_000, seed=7).text != held_out(5_000, seed=8).text
+    assert held_out_split(20_000) == split                     # deterministic
+    assert held_out_split(5_000, seed=7).text != held_out_split(5_000, seed=8).text
 
 
 def test_a_plain_fresh_sample_is_not_unseen():
-    """Why `held_out` exists: a fresh sample of the generator repeats many training sentences verbatim."""
+    """Why `held_out_split` exists: a fresh sample of the generator repeats many training sentences verbatim."""
     course = synthetic_corpus(seed=0)
     fresh = [s for doc in synthetic_corpus(20_000, seed=123).split(EOT) for s in sentences(doc)]
     assert sum(s in course for s in fresh) / len(fresh) > 0.4
@@ -221,4 +221,4 @@ def test_a_plain_fresh_sample_is_not_unseen():
 ])
 def test_held_out_rejects_bad_arguments(kwargs, match):
     with pytest.raises(ValueError, match=match):
-        held_out(**kwargs)
+        held_out_split(**kwargs)

@@ -19,6 +19,7 @@ from transformer_course.heads import SequenceClassificationHead, TokenClassifica
 from transformer_course.hf import _gpt2_to_course, _llama_to_course, config_from_hf, from_hf, to_hf_state_dict
 
 V, CTX = 100, 32
+GRAD_RTOL = 1e-5  # see test_logits_and_gradients_match_hugging_face
 NO_SPECIAL = dict(bos_token_id=None, eos_token_id=None, pad_token_id=None)
 PROMPTS = [[5, 17, 3, 99, 42, 8, 1, 60, 23, 7], [11, 12, 13, 14, 15, 16], [70, 2, 9]]
 
@@ -87,7 +88,11 @@ def test_logits_and_gradients_match_hugging_face(name):
     (logits * r).sum().backward()
     expected = hf_grads_as_course_names(hf, ours.config)
     for n, p in ours.named_parameters():
-        torch.testing.assert_close(p.grad, expected[n], atol=1e-5, rtol=1e-4, msg=lambda m: f"{n}: {m}")
+        # A gradient element sums thousands of terms whose rounding depends on the CPU kernel: the tolerance
+        # scales with the gradient's size (the largest relative difference seen under native and portable
+        # kernels is 8e-7 of max |grad|, on an AVX-512 Intel Xeon; GRAD_RTOL keeps a 10x margin over it).
+        scale = expected[n].abs().max().item()
+        torch.testing.assert_close(p.grad, expected[n], atol=GRAD_RTOL * scale, rtol=1e-4, msg=lambda m: f"{n}: {m}")
 
 
 def test_loss_matches_hugging_face():

@@ -39,7 +39,7 @@ def check_qkv(q, k, v) -> None:
     """q `(B, h, Tq, d_k)`, k and v `(B, h_kv, Tk, d_k)`: floating point, one dtype, one device, h % h_kv == 0."""
     check_tensor("q", q, ("B", "h", "Tq", "d_k"), "float")
     for name, t in (("k", k), ("v", v)):
-        check_tensor(name, t, ("B", "h_kv", "Tk", "d_k"), q.dtype, q.device)
+        check_tensor(f"{name} (like q)", t, ("B", "h_kv", "Tk", "d_k"), q.dtype, q.device)
     (B, h, Tq, d_k), (Bk, h_kv, Tk, d_kk) = q.shape, k.shape
     if k.shape[:3] != v.shape[:3] or Bk != B or d_kk != d_k:
         raise ValueError(
@@ -62,13 +62,13 @@ def _check_inputs(q, k, v, bias, window, padding_mask, causal, scale=None):
     if scale is not None:
         check_number("scale", scale, "[0, inf)")
     if padding_mask is not None:
-        check_tensor("padding_mask", padding_mask, (B, Tk), torch.bool, q.device)
+        check_tensor("padding_mask (on q's device)", padding_mask, (B, Tk), torch.bool, q.device)
     if bias is not None:
         if isinstance(bias, torch.Tensor) and bias.dtype == torch.bool:
             raise ValueError("bias is added to the scores, so a bool mask would add 1 or 0 and mask nothing: pass "
                              "a float bias with -inf where keys are hidden (sparse_attention.mask_to_bias), or "
                              "padding_mask for padding")
-        check_tensor("bias", bias, dtype="float", device=q.device)
+        check_tensor("bias (on q's device)", bias, dtype="float", device=q.device)
         try:
             torch.broadcast_shapes(bias.shape, (B, h, Tq, Tk))
         except RuntimeError:

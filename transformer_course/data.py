@@ -10,7 +10,7 @@ and "She likes playing chess." occur naturally. Documents are separated by "<|en
 controlled number of times each, from once to 64 times per million characters, so later chapters can measure
 how memorisation grows with repetition. Only the fact documents ever mention the facts' names.
 
-`held_out(n_chars, seed)` is text the models have never seen: fresh documents with every sentence removed that
+`held_out_split(n_chars, seed)` is text the models have never seen: fresh documents with every sentence removed that
 occurs anywhere in the course corpus (a plain fresh sample shares about half its sentences with it).
 
 `load_text(url, sha256)` fetches a real corpus for readers who are online: downloaded once, checked against
@@ -605,7 +605,7 @@ def _course_text() -> str:
     return synthetic_corpus(seed=COURSE_SEED)
 
 
-def held_out(n_chars: int = 20_000, seed: int = 123) -> HeldOut:
+def held_out_split(n_chars: int = 20_000, seed: int = 123) -> HeldOut:
     """At least `n_chars` characters of text in which no sentence occurs anywhere in the course corpus.
 
     Fresh documents from the generator (`synthetic_corpus(..., seed)`), with every sentence dropped that
@@ -634,7 +634,7 @@ def held_out(n_chars: int = 20_000, seed: int = 123) -> HeldOut:
                 length += len(docs[-1]) + len(EOT)
                 if length >= n_chars:
                     return HeldOut(EOT.join(docs), n_kept / n_all, chars_kept / n_kept, chars_all / n_all)
-    raise RuntimeError(f"held_out: seed {seed} gave fewer than {n_chars:,} characters of unseen sentences")
+    raise RuntimeError(f"held_out_split: seed {seed} gave fewer than {n_chars:,} characters of unseen sentences")
 
 
 def count_facts(text: str) -> dict[str, int]:

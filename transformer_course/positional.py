@@ -49,7 +49,8 @@ def sinusoidal_encoding(T: int, d: int, base: float = 10000.0) -> torch.Tensor:
 
     PE[pos, 2i] = sin(pos / base^(2i/d)),  PE[pos, 2i+1] = cos(pos / base^(2i/d)).
     """
-    if not all(isinstance(n, int) and not isinstance(n, bool) for n in (T, d)) or T < 0 or d <= 0 or d % 2:
+    sizes = all(isinstance(n, int) and not isinstance(n, bool) and 0 <= n < 2**63 for n in (T, d))
+    if not sizes or d == 0 or d % 2:
         raise ValueError(f"sinusoidal_encoding needs T >= 0 and an even d > 0, both ints, got T={T!r}, d={d!r}")
     check_number("base", base)
     pos = torch.arange(T, dtype=torch.float32)[:, None]  # (T, 1)
@@ -103,7 +104,7 @@ def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.T
     """
     check_tensor("x", x, ("B", "h", "T", "d_k"), "float")
     for name, t in (("cos", cos), ("sin", sin)):
-        check_tensor(name, t, ("...", "T", "d_k"), "float", x.device)
+        check_tensor(f"{name} (on x's device)", t, ("...", "T", "d_k"), "float", x.device)
     if cos.shape != sin.shape or cos.dim() not in (2, 3):
         raise ValueError(
             f"cos and sin must both be (T, d_k) or (B, T, d_k), got {tuple(cos.shape)}, {tuple(sin.shape)}"
@@ -157,7 +158,7 @@ def alibi_bias_from_positions(slopes: torch.Tensor, q_pos: torch.Tensor, k_pos: 
     """
     check_tensor("slopes", slopes, ("h",), "float")
     for name, t in (("q_pos", q_pos), ("k_pos", k_pos)):
-        check_tensor(name, t, ("...", "T"), "int", slopes.device)
+        check_tensor(f"{name} (on the device of slopes)", t, ("...", "T"), "int", slopes.device)
     if q_pos.shape[:-1] != k_pos.shape[:-1]:
         raise ValueError(f"q_pos {tuple(q_pos.shape)} and k_pos {tuple(k_pos.shape)} must have the same leading "
                          "(batch) dimensions")

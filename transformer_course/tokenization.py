@@ -137,6 +137,8 @@ def _compile(pattern):
     if pattern is None:
         return None
     try:
+        if not isinstance(pattern, str):
+            raise TypeError("not a str")
         return regex.compile(pattern)
     except (TypeError, regex.error) as exc:
         raise ValueError(f"pattern must be None or a valid regular expression (str), got {describe(pattern)}: "

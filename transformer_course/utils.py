@@ -46,11 +46,12 @@ def describe(x) -> str:
 
 
 def check_int(name: str, value, minimum: int = 1, maximum: int | None = None) -> int:
-    """`value` if it is an int (not a bool) in [minimum, maximum]."""
-    if (not isinstance(value, int) or isinstance(value, bool) or value < minimum
-            or (maximum is not None and value > maximum)):
+    """`value` if it is an int (not a bool) in [minimum, maximum] (no maximum: one that fits in 64 bits)."""
+    top = 2**63 - 1 if maximum is None else maximum
+    if not isinstance(value, int) or isinstance(value, bool) or not minimum <= value <= top:
         bounds = f">= {minimum}" if maximum is None else f"in [{minimum}, {maximum}]"
-        raise ValueError(f"{name} must be an int {bounds}, got {describe(value)}")
+        too_big = maximum is None and isinstance(value, int) and value > top
+        raise ValueError(f"{name} must be an int {bounds}{' below 2**63' if too_big else ''}, got {describe(value)}")
     return value
 
 
