@@ -185,6 +185,7 @@ class LayerKVCache:
         for name, value in dict(batch_size=batch_size, n_kv_heads=n_kv_heads, max_len=max_len, d_k=d_k).items():
             check_int(name, value)
         check_float_dtype("dtype", dtype)
+        device = None if device is None else check_device("device", device)
         self.k = torch.zeros(batch_size, n_kv_heads, max_len, d_k, device=device, dtype=dtype)
         self.v = torch.zeros_like(self.k)
         self.length = 0
@@ -224,7 +225,7 @@ class Attention(nn.Module):
     ):
         super().__init__()
         n_kv_heads = n_heads if n_kv_heads is None else n_kv_heads
-        for name, value in (("d_model", d_model), ("n_heads", n_heads), ("n_kv_heads", n_kv_heads)):
+        for name, value in dict(d_model=d_model, n_heads=n_heads, n_kv_heads=n_kv_heads).items():
             check_int(name, value)
         check_bool("bias", bias)
         check_bool("fused_qkv", fused_qkv)

@@ -58,6 +58,8 @@ def save_checkpoint(path, model: GPT, tokenizer: BPETokenizer, **meta) -> Path:
     leaves a half-written checkpoint. Returns the path.
     """
     path = check_path("path", path)
+    if path.is_dir():
+        raise ValueError(f"path {path} is a folder; give the checkpoint's file name, e.g. {path / 'model.pt'}")
     if not isinstance(model, GPT):
         raise ValueError(f"model must be a course GPT, got {describe(model)}")
     if not isinstance(tokenizer, BPETokenizer):

@@ -121,6 +121,7 @@ def uptrain_config(steps: int = UPTRAIN_STEPS, seed: int = 1):
     """The schedule of the uptraining run: a short warm-up, then cosine decay from a third of tiny's peak rate."""
     from .training import TrainConfig
 
+    check_int("steps", steps)
     return TrainConfig(steps=steps, batch_size=16, block_size=128, lr=1e-3, min_lr=1e-4,
                        warmup_steps=min(15, steps), eval_interval=max(1, min(50, steps)), eval_batches=20, seed=seed)
 

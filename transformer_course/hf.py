@@ -15,7 +15,7 @@ Leaves out: other architectures (GPT-NeoX, Falcon, ...), RoPE scaling variants, 
 import torch
 
 from .model import GPT, GPTConfig
-from .utils import describe
+from .utils import check_int, describe
 
 GPT2_ACTIVATIONS = ("gelu_new", "gelu_pytorch_tanh")  # the tanh approximation our MLP uses
 
@@ -54,7 +54,8 @@ def config_from_hf(hf_config) -> GPTConfig:
                 tie_weights=d.get("tie_word_embeddings", True), dropout=d.get("resid_pdrop", 0.0),
             )
         if kind in ("llama", "mistral"):
-            d_model, n_heads = d["hidden_size"], d["num_attention_heads"]
+            d_model = check_int("hidden_size", d["hidden_size"])
+            n_heads = check_int("num_attention_heads", d["num_attention_heads"])
             _require(d.get("hidden_act", "silu") == "silu", f"hidden_act {d.get('hidden_act')!r}")
             _require(d.get("head_dim") in (None, d_model // n_heads), f"head_dim {d.get('head_dim')} != hidden/heads")
             _require(d.get("attention_bias", False) == d.get("mlp_bias", False), "attention_bias != mlp_bias")

@@ -245,6 +245,19 @@ class GPT(nn.Module):
         check_tensor("padding_mask", padding_mask, ("B", length), torch.bool)
         return (padding_mask.long().cumsum(-1) - 1).masked_fill(~padding_mask, 0)  # (B, length)
 
+    def _check_cache(self, cache, B: int) -> int:
+        """Refuse a cache that this model's `new_cache(B, ...)` would not have made; return its length."""
+        c, weight = self.config, self.tok_emb.weight
+        layer = cache.layers[0].k if isinstance(cache, KVCache) else None
+        if (layer is None or len(cache.layers) != c.n_layers or layer.shape[1::2] != (c.h_kv, c.d_k)
+                or layer.dtype != weight.dtype or layer.device != weight.device):
+            got = describe(cache) if layer is None else f"{len(cache.layers)} layers of {describe(layer)}"
+            raise ValueError(f"cache must be a KVCache from this model's new_cache(): {c.n_layers} layers of "
+                             f"(B, {c.h_kv}, max_len, {c.d_k}) {weight.dtype} on {weight.device}, got {got}")
+        if cache.batch_size != B:
+            raise ValueError(f"idx has batch size {B} but the cache was made for {cache.batch_size}")
+        return cache.length
+
     def features(self, idx: torch.Tensor, *, padding_mask=None, cache: KVCache | None = None) -> torch.Tensor:
         """The final hidden states `(B, T, d_model)` (after the last norm), input to any head.
 
@@ -256,18 +269,7 @@ class GPT(nn.Module):
         B, T = idx.shape
         if B == 0 or T == 0:
             raise ValueError(f"idx must hold at least one sequence of at least one token, got shape {(B, T)}")
-        past = 0
-        if cache is not None:
-            layer = cache.layers[0].k if isinstance(cache, KVCache) else None
-            if (layer is None or len(cache.layers) != c.n_layers or layer.shape[1::2] != (c.h_kv, c.d_k)
-                    or layer.dtype != weight.dtype or layer.device != weight.device):
-                raise ValueError(f"cache must be a KVCache from this model's new_cache(): {c.n_layers} layers of "
-                                 f"(B, {c.h_kv}, max_len, {c.d_k}) {weight.dtype} on {weight.device}, got "
-                                 + (f"{len(cache.layers)} layers of {describe(layer)}" if layer is not None
-                                    else describe(cache)))
-            past = cache.length
-            if cache.batch_size != B:
-                raise ValueError(f"idx has batch size {B} but the cache was made for {cache.batch_size}")
+        past = 0 if cache is None else self._check_cache(cache, B)
         if past + T > c.context_length:
             raise ValueError(
                 f"{past} cached + {T} new tokens exceed the context length {c.context_length}"

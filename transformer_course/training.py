@@ -67,6 +67,13 @@ class TrainConfig:
         return dataclasses.asdict(self)
 
 
+def _check_cfg(cfg, model=None) -> None:
+    if not isinstance(cfg, TrainConfig):
+        raise ValueError(f"cfg must be a TrainConfig, got {describe(cfg)}")
+    if model is not None and not isinstance(model, torch.nn.Module):
+        raise ValueError(f"model must be a torch.nn.Module, got {describe(model)}")
+
+
 def _check_ids(ids, name: str, block_size: int) -> torch.Tensor:
     check_tensor(f"{name} (token ids)", ids, ("N",), "int")
     if len(ids) <= block_size:
@@ -100,8 +107,7 @@ def lr_at(step: int, cfg: TrainConfig) -> float:
     `step = steps - 1` (halfway in between it is exactly `(lr + min_lr) / 2`). Later steps stay at `min_lr`.
     """
     check_int("step", step, 0)
-    if not isinstance(cfg, TrainConfig):
-        raise ValueError(f"cfg must be a TrainConfig, got {describe(cfg)}")
+    _check_cfg(cfg)
     if step < cfg.warmup_steps:
         return cfg.lr * (step + 1) / cfg.warmup_steps
     decay_steps = max(1, cfg.steps - 1 - cfg.warmup_steps)
@@ -116,6 +122,7 @@ def estimate_loss(model: torch.nn.Module, ids: torch.Tensor, cfg: TrainConfig) -
     The batches are the same at every call, so two estimates differ only because the model changed.
     Runs in eval mode (no dropout) and restores the model's previous mode.
     """
+    _check_cfg(cfg, model)
     ids = _check_ids(ids, "ids", cfg.block_size)
     device = _model_device(model)
     generator = torch.Generator().manual_seed(cfg.seed)
@@ -136,6 +143,7 @@ def _model_device(model: torch.nn.Module) -> torch.device:
 
 def make_optimizer(model: torch.nn.Module, cfg: TrainConfig) -> torch.optim.AdamW:
     """AdamW with weight decay on matrices (`dim >= 2`) and none on biases and norm gains."""
+    _check_cfg(cfg, model)
     params = [p for p in model.parameters() if p.requires_grad]
     groups = [
         {"params": [p for p in params if p.dim() >= 2], "weight_decay": cfg.weight_decay},
@@ -160,6 +168,8 @@ def train(model: torch.nn.Module, train_ids: torch.Tensor, val_ids: torch.Tensor
     (which takes no generator: `nn.Dropout`, `F.dropout`, SDPA's `dropout_p`) from the global RNG, seeded
     with it inside `torch.random.fork_rng()`, so the caller's global RNG is left as it was.
     """
+    if not isinstance(cfg, TrainConfig):
+        raise ValueError(f"cfg must be a TrainConfig, got {describe(cfg)}")
     cfg.validate()
     if not isinstance(model, torch.nn.Module):
         raise ValueError(f"model must be a torch.nn.Module, got {type(model).__name__}")

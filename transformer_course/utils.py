@@ -2,7 +2,7 @@
 
 Every public function refuses bad input with a `ValueError` that names the argument, says what it got and
 what it expected (a wrong type included: a string for a float or a bool is refused, never compared or
-taken as true). The checks below are the only ones; modules call them rather than write their own.
+taken as true). The modules call the few checks below rather than write their own.
 
 Leaves out: distributed set-up and mixed precision; the course runs on one device in float32.
 """
@@ -97,9 +97,10 @@ def check_tensor(name: str, x, shape: tuple | None = None, dtype=None, device=No
     dtype: a `torch.dtype`, or "float" / "int" for any floating-point / integer dtype.
     """
     fits = isinstance(x, torch.Tensor)
+    any_rank = shape is not None and shape[:1] == ("...",)
     if fits and shape is not None:
-        sizes = shape[1:] if shape[0] == "..." else shape
-        fits = x.dim() >= len(sizes) if shape[0] == "..." else x.dim() == len(sizes)
+        sizes = shape[1:] if any_rank else shape
+        fits = x.dim() >= len(sizes) if any_rank else x.dim() == len(sizes)
         tail = x.shape[x.dim() - len(sizes):]
         fits = fits and all(n == s for n, s in zip(tail, sizes) if isinstance(s, int))
     fits = fits and (dtype is None or _dtype_fits(x.dtype, dtype))
@@ -107,7 +108,7 @@ def check_tensor(name: str, x, shape: tuple | None = None, dtype=None, device=No
     if not fits:
         kinds = {None: "tensor", "float": "floating-point tensor", "int": "integer tensor", torch.long: "LongTensor"}
         kind = kinds.get(dtype) or str(dtype).removeprefix("torch.") + " tensor"
-        dims = "" if shape is None or shape[0] == "..." else f"{len(shape)}-D "
+        dims = "" if shape is None or any_rank else f"{len(shape)}-D "
         layout = "" if shape is None else f" {tuple(shape)}".replace("'", "")
         wanted = f"{dims}{kind}{layout}" + ("" if device is None else f" on {device}")
         article = "an" if wanted[0] in "aeio" else "a"
