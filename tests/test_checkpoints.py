@@ -156,6 +156,28 @@ def test_cli_trains_and_saves(tmp_path, tokenizer, monkeypatch, capsys):
         train_cli.main(["--config", "no-such-config"])
 
 
+def test_cli_results_mode_writes_losses_not_weights(tmp_path, tokenizer, monkeypatch, capsys):
+    ids = torch.tensor(tokenizer.encode("I like playing video games. We like games. " * 60))
+    monkeypatch.setattr(train_cli, "course_data", lambda tok: (ids, ids))
+    monkeypatch.setattr(train_cli, "load_course_tokenizer", lambda: tokenizer)
+    monkeypatch.setattr(train_cli, "RESULTS_DIR", tmp_path)
+    monkeypatch.setitem(train_cli.CONFIGS, "test", (
+        GPTConfig(vocab_size=tokenizer.vocab_size, context_length=16, n_layers=1, n_heads=2, d_model=16),
+        TrainConfig(steps=100, batch_size=2, block_size=16, warmup_steps=10, eval_interval=50, eval_batches=1)))
+    runs = {}
+    for seed in (1, 1, 2):
+        assert train_cli.main(["--config", "test", "--steps", "3", "--seed", str(seed), "--results", "--no-progress"]) == 0
+        runs.setdefault(seed, []).append(train_cli.load_results(f"test-seed{seed}"))
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["test-seed1.json", "test-seed2.json"]  # no weights
+    first = runs[1][0]
+    assert first["train_config"]["seed"] == 1 and first["steps"] == 3 and first["model_config"]["n_layers"] == 1
+    assert first["command"].endswith("--seed 1 --results --no-progress")
+    assert [r["val_loss"] for r in runs[1][0]["history"]] == [r["val_loss"] for r in runs[1][1]["history"]]
+    assert runs[2][0]["val_loss"] != first["val_loss"]  # another seed, another run
+    with pytest.raises(ValueError, match=r"name must be one of the shipped results \['test-seed1', 'test-seed2'\]"):
+        train_cli.load_results("test-seed3")
+
+
 def test_shipped_tiny_checkpoint():
     path = checkpoints.CHECKPOINT_DIR / "tiny.pt"
     assert path.stat().st_size < 10e6

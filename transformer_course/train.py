@@ -5,10 +5,16 @@ always the course corpus, `synthetic_corpus(seed=0)`, tokenized with the course 
 into train and validation tokens. The result is one checkpoint file (`checkpoints.py`) that chapters load
 with `load_checkpoint("tiny")`.
 
+`--seed N` retrains a config with another seed (initial weights, batch order, dropout). `--results` writes no
+weights, only what a chapter reads of a run: a small JSON in `assets/results/` (config, command, time,
+losses and the evaluation history), e.g. `--config small-tied --seed 1 --results` for a repeat over seeds.
+
 Leaves out: resuming a run, real corpora and hyper-parameter search.
 """
 import argparse
 import dataclasses
+import json
+import os
 import sys
 import time
 from pathlib import Path
@@ -64,6 +70,18 @@ CONFIGS: dict[str, tuple[GPTConfig, TrainConfig]] = {
 }
 
 
+RESULTS_DIR = Path(__file__).resolve().parent / "assets" / "results"
+
+
+def load_results(name: str) -> dict:
+    """The JSON that `--results` wrote for run `name` (e.g. "small-tied-seed1")."""
+    path = RESULTS_DIR / f"{name}.json"
+    if not isinstance(name, str) or not path.is_file():
+        known = sorted(p.stem for p in RESULTS_DIR.glob("*.json"))
+        raise ValueError(f"name must be one of the shipped results {known}, got {name!r}")
+    return json.loads(path.read_text())
+
+
 def course_data(tokenizer) -> tuple[torch.Tensor, torch.Tensor]:
     """The course corpus as token ids, split into train (first 90 %) and validation (last 10 %)."""
     ids = torch.tensor(tokenizer.encode(synthetic_corpus(seed=0), allowed_special="all"), dtype=torch.long)
@@ -74,6 +92,9 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m transformer_course.train", description=__doc__.splitlines()[0])
     parser.add_argument("--config", required=True, choices=sorted(CONFIGS), help="which named config to train")
     parser.add_argument("--steps", type=int, help="override the number of optimizer steps")
+    parser.add_argument("--seed", type=int, help="override the seed (weights, batches, dropout)")
+    parser.add_argument("--results", action="store_true",
+                        help="save no weights, only the run's losses as assets/results/NAME[-seedN].json")
     parser.add_argument("--out", type=Path, help="checkpoint path (default: the shipped assets/checkpoints/NAME.pt)")
     parser.add_argument("--device", default="cpu", help="torch device (default: cpu, as the shipped checkpoints)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
@@ -86,8 +107,11 @@ def main(argv: list[str] | None = None) -> int:
         train_config = dataclasses.replace(train_config, steps=args.steps,
                                            warmup_steps=min(train_config.warmup_steps, args.steps),
                                            eval_interval=min(train_config.eval_interval, args.steps))
+    if args.seed is not None:
+        train_config = dataclasses.replace(train_config, seed=args.seed)
     train_config = dataclasses.replace(train_config, device=args.device)
-    out = args.out or CHECKPOINT_DIR / f"{args.config}.pt"
+    name = args.config if args.seed is None else f"{args.config}-seed{args.seed}"
+    out = args.out or (RESULTS_DIR / f"{name}.json" if args.results else CHECKPOINT_DIR / f"{name}.pt")
     command = "python -m transformer_course.train " + " ".join(sys.argv[1:] if argv is None else argv)
 
     started = time.perf_counter()
@@ -103,16 +127,23 @@ def main(argv: list[str] | None = None) -> int:
     started, cpu_started = time.perf_counter(), time.process_time()
     try:
         history = train(model, train_ids, val_ids, train_config, progress=not args.no_progress,
-                        checkpoint_path=out, tokenizer=tokenizer, meta={"command": command, "config_name": args.config})
+                        checkpoint_path=None if args.results else out, tokenizer=tokenizer,
+                        meta={"command": command, "config_name": args.config})
     except KeyboardInterrupt:
-        print(f"interrupted; the last state is saved in {out}", file=sys.stderr)
+        print("interrupted" + ("" if args.results else f"; the last state is saved in {out}"), file=sys.stderr)
         return 130
     seconds, cpu_seconds = time.perf_counter() - started, time.process_time() - cpu_started
     final = history[-1]
-    save_checkpoint(out, model, tokenizer, command=command, config_name=args.config, steps=final["step"],
-                    val_loss=final["val_loss"], train_loss=final["train_loss"],
-                    train_seconds=round(seconds, 1), cpu_seconds=round(cpu_seconds, 1), threads=torch.get_num_threads(),
-                    train_config=train_config.to_dict(), history=history)
+    record = dict(command=command, config_name=args.config, steps=final["step"], val_loss=final["val_loss"],
+                  train_loss=final["train_loss"], train_seconds=round(seconds, 1), cpu_seconds=round(cpu_seconds, 1),
+                  threads=torch.get_num_threads(), train_config=train_config.to_dict(), history=history)
+    if args.results:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        tmp = out.with_name(f".{out.name}.tmp")  # written in full, then renamed: never a half-written file
+        tmp.write_text(json.dumps({"model_config": model_config.to_dict(), **record}, indent=1) + "\n")
+        os.replace(tmp, out)
+    else:
+        save_checkpoint(out, model, tokenizer, **record)
     if args.no_progress:
         for row in history:
             print(f"step {row['step']:>6}  lr {row['lr']:.2e}  train {row['train_loss']:.4f}  val {row['val_loss']:.4f}")
