@@ -26,7 +26,8 @@ from transformer_course.generation import (
 from transformer_course.gqa import kv_cache_bytes, mean_pool_kv_heads, mha_to_gqa, repeat_kv, uptrain_config
 from transformer_course.heads import LMHead, SequenceClassificationHead, TokenClassificationHead, last_token_index
 from transformer_course.hf import config_from_hf, to_hf_state_dict
-from transformer_course.model import ATTN_IMPLS, FFNS, GPT, NORMS, POSITIONAL, GPTConfig, KVCache
+from transformer_course.model import (ATTN_IMPLS, FFNS, GPT, NORM_IMPLS, NORM_POSITIONS, NORMS, POSITIONAL, GPTConfig,
+                                      KVCache)
 from transformer_course.norm import LayerNorm, RMSNorm, make_norm
 from transformer_course.positional import (
     LearnedPositionalEmbedding, alibi_bias, alibi_bias_from_positions, alibi_slopes, apply_rope,
@@ -120,9 +121,10 @@ CONFIG_FIELDS = {
     **{name: bad_int() for name in ("vocab_size", "context_length", "n_layers", "n_heads", "d_model")},
     **{name: bad_int(none_ok=True) for name in ("n_kv_heads", "d_ff", "attention_window")},
     "positional": bad_choice(POSITIONAL), "norm": bad_choice(NORMS), "ffn": bad_choice(FFNS),
-    "attn_impl": bad_choice(ATTN_IMPLS),
+    "attn_impl": bad_choice(ATTN_IMPLS), "norm_position": bad_choice(NORM_POSITIONS),
+    "norm_impl": bad_choice(NORM_IMPLS),
     "rope_theta": POSITIVE, "norm_eps": POSITIVE, "dropout": PROBABILITY,
-    "bias": NOT_BOOL, "tie_weights": NOT_BOOL,
+    "bias": NOT_BOOL, "tie_weights": NOT_BOOL, "scale_embeddings": NOT_BOOL,
     "layer_pattern": st.one_of(st.text(max_size=6), st.integers(), st.lists(
         st.sampled_from(["global", "sparse", 1]), min_size=1, max_size=5).filter(lambda p: p != ["global"] * 4)),
 }
@@ -684,7 +686,8 @@ def valid_configs(draw):
         norm=draw(st.sampled_from(NORMS)), norm_eps=draw(st.floats(1e-8, 0.1) | st.just(1)),
         ffn=draw(st.sampled_from(FFNS)), bias=draw(st.booleans()), tie_weights=draw(st.booleans()),
         dropout=draw(st.floats(0.0, 0.5) | st.just(0)), attention_window=window, layer_pattern=pattern,
-        attn_impl=draw(st.sampled_from(ATTN_IMPLS)),
+        attn_impl=draw(st.sampled_from(ATTN_IMPLS)), norm_position=draw(st.sampled_from(NORM_POSITIONS)),
+        norm_impl=draw(st.sampled_from(NORM_IMPLS)), scale_embeddings=draw(st.booleans()),
     )
 
 

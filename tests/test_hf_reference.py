@@ -1,4 +1,4 @@
-"""The course GPT against Hugging Face GPT-2, Llama and Mistral built offline from configs with random weights
+"""The course GPT against Hugging Face GPT-1, GPT-2, Llama and Mistral built offline from configs with random weights
 (no download): logits and parameter gradients, loss, left padding, heads, `from_hf` round trip, and greedy
 tokens of `generate` against Hugging Face's `generate`."""
 import pytest
@@ -12,6 +12,8 @@ from transformers import (
     LlamaForCausalLM,
     MistralConfig,
     MistralForCausalLM,
+    OpenAIGPTConfig,
+    OpenAIGPTLMHeadModel,
 )
 
 from transformer_course.generation import generate, left_pad
@@ -45,6 +47,17 @@ def llama_config(tie=False, n_kv=2, cls=LlamaConfig, **kw):
                attn_implementation="eager", **NO_SPECIAL | kw)
 
 
+def gpt1_config(**kw):
+    return OpenAIGPTConfig(n_embd=64, n_layer=2, n_head=4, vocab_size=V, n_positions=CTX, afn="gelu",
+                           resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0, **kw)
+
+
+def hf_gpt1(seed=0):
+    """GPT-1 (Radford et al. 2018): GPT-2's layout with post-norm blocks and no final norm."""
+    torch.manual_seed(seed)
+    return perturb(OpenAIGPTLMHeadModel(gpt1_config()), seed).eval()
+
+
 def hf_gpt2(tie=True, seed=0):
     torch.manual_seed(seed)
     return perturb(GPT2LMHeadModel(gpt2_config(tie)), seed).eval()
@@ -56,6 +69,7 @@ def hf_llama(tie=False, n_kv=2, seed=0):
 
 
 HF_MODELS = {
+    "gpt1": lambda: hf_gpt1(),
     "gpt2": lambda: hf_gpt2(),
     "gpt2-untied": lambda: hf_gpt2(tie=False),
     "llama-gqa": lambda: hf_llama(),
@@ -71,7 +85,7 @@ def tokens(B=3, T=12, seed=0, low=0):
 def hf_grads_as_course_names(hf, config):
     grads = {n: p.grad for n, p in hf.named_parameters()}
     if config.positional == "learned":
-        return _gpt2_to_course(grads, config.n_layers)[0]
+        return _gpt2_to_course(grads, config.n_layers, config.norm_position)[0]
     return _llama_to_course(grads, config.n_layers, config.bias)[0]
 
 
@@ -113,7 +127,11 @@ def test_mistral_sliding_window_matches_hugging_face():
     assert (ours(idx)[0] - hf(idx).logits).abs().max() <= 1e-5
 
 
-@pytest.mark.parametrize("name", ["gpt2", "llama-gqa"])
+FRESH = {"gpt1": lambda: OpenAIGPTLMHeadModel(gpt1_config()), "gpt2": lambda: GPT2LMHeadModel(gpt2_config()),
+         "llama-gqa": lambda: LlamaForCausalLM(llama_config())}
+
+
+@pytest.mark.parametrize("name", list(FRESH))
 def test_from_hf_round_trip(name):
     hf = HF_MODELS[name]()
     ours = from_hf(hf)
@@ -121,7 +139,7 @@ def test_from_hf_round_trip(name):
     hf_sd = hf.state_dict()
     for key, value in back.items():
         assert torch.equal(value, hf_sd[key]), key
-    fresh = (GPT2LMHeadModel(gpt2_config()) if name == "gpt2" else LlamaForCausalLM(llama_config())).eval()
+    fresh = FRESH[name]().eval()
     fresh.load_state_dict(back, strict=True)
     idx = tokens()
     torch.testing.assert_close(fresh(idx).logits, hf(idx).logits, atol=0, rtol=0)

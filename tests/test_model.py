@@ -38,6 +38,7 @@ VARIANTS = {
     "none": GPTConfig(positional="none"),
     "window-pattern": GPTConfig.llama_like(n_layers=2, attention_window=3, layer_pattern=("local", "global")),
     "sdpa": GPTConfig.llama_like(n_kv_heads=2, attn_impl="sdpa", attention_window=5),
+    "post-norm-fused": GPTConfig.gpt2_like(norm_position="post", norm_impl="fused", scale_embeddings=True),
 }
 SMALL = dict(vocab_size=V, context_length=CTX, d_model=32, n_layers=2)
 
@@ -84,6 +85,35 @@ def test_loss_is_the_mean_cross_entropy_over_targets_not_minus_100():
     manual = -torch.log_softmax(logits, -1)[kept].gather(-1, targets[kept][:, None]).mean()
     torch.testing.assert_close(loss, manual, atol=1e-6, rtol=0)
     assert model(idx)[1] is None
+
+
+def test_post_norm_block_normalises_each_sum_and_the_model_has_no_final_norm():
+    """Post-norm (Vaswani et al. 2017 §3.1, GPT-1): x = norm1(x + attn(x)); x = norm2(x + ffn(x)); no final norm."""
+    model = small_model("post-norm-fused")
+    block, x = model.blocks[0], torch.randn(2, 5, 32)
+    with torch.no_grad():
+        h = block.norm1(x + block.attn(x, causal=True))
+        by_hand = block.norm2(h + block.ffn(h))
+        torch.testing.assert_close(block(x), by_hand, atol=0, rtol=0)  # the same operations in the same order
+    assert isinstance(model.norm_f, torch.nn.Identity) and "norm_f.weight" not in model.state_dict()
+    pre = small_model("gpt2")
+    with torch.no_grad():
+        h = x + pre.blocks[0].attn(pre.blocks[0].norm1(x), causal=True)
+        torch.testing.assert_close(pre.blocks[0](x), h + pre.blocks[0].ffn(pre.blocks[0].norm2(h)), atol=0, rtol=0)
+
+
+def test_scale_embeddings_multiplies_the_token_vectors_by_sqrt_d_model():
+    """Vaswani et al. 2017 §3.4: "we multiply those weights by sqrt(d_model)"; positions are added unscaled."""
+    torch.manual_seed(0)
+    plain = GPT(GPTConfig(**SMALL, positional="sinusoidal")).eval()
+    scaled = GPT(GPTConfig(**SMALL, positional="sinusoidal", scale_embeddings=True)).eval()
+    scaled.load_state_dict(plain.state_dict())
+    idx, seen = tokens(B=1, T=4), {}
+    for name, model in (("plain", plain), ("scaled", scaled)):
+        model.blocks[0].register_forward_pre_hook(lambda m, args, name=name: seen.__setitem__(name, args[0]))
+        model(idx)
+    table = plain.pos_table[:4]
+    torch.testing.assert_close(seen["scaled"] - table, math.sqrt(32) * (seen["plain"] - table), atol=1e-5, rtol=1e-5)
 
 
 def test_forward_validates_its_inputs():

@@ -127,3 +127,19 @@ def test_make_ffn_follows_the_config():
     swiglu = make_ffn(GPTConfig.llama_like(d_model=32, n_heads=4))
     assert isinstance(swiglu, SwiGLU) and swiglu.up.out_features == swiglu_hidden_dim(32) and swiglu.up.bias is None
     assert make_ffn(GPTConfig(d_model=32, n_heads=4, d_ff=50)).fc.out_features == 50
+
+
+@pytest.mark.parametrize("norm", ["layernorm", "rmsnorm"])
+@pytest.mark.parametrize("bias", [True, False])
+def test_fused_norm_equals_the_written_out_one(norm, bias):
+    """`norm_impl="fused"` (F.layer_norm / F.rms_norm) computes what the readable path computes, gradients too."""
+    manual = randomize(make_norm(GPTConfig(d_model=16, n_heads=2, norm=norm, bias=bias)))
+    fused = make_norm(GPTConfig(d_model=16, n_heads=2, norm=norm, bias=bias, norm_impl="fused"))
+    fused.load_state_dict(manual.state_dict())
+    x, r = torch.randn(3, 5, 16) * 3 + 1, torch.randn(3, 5, 16)
+    (o1, gx1, gp1), (o2, gx2, gp2) = outputs_and_grads(manual, x, r), outputs_and_grads(fused, x, r)
+    torch.testing.assert_close(o1, o2, atol=1e-5, rtol=0)
+    torch.testing.assert_close(gx1, gx2, atol=1e-4, rtol=1e-4)
+    for name in gp1:
+        torch.testing.assert_close(gp1[name], gp2[name], atol=1e-4, rtol=1e-4)
+    assert "impl=fused" in repr(fused)

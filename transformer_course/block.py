@@ -1,14 +1,15 @@
-"""The pre-norm transformer block (Chapter 11).
+"""The transformer block, pre-norm or post-norm (Chapters 9, 11).
 
-    x = x + attn(norm1(x))      tokens exchange information
-    x = x + ffn(norm2(x))       each token is processed on its own
+    pre-norm (GPT-2, Llama)            post-norm (2017 Transformer, GPT-1)
+    x = x + attn(norm1(x))             x = norm1(x + attn(x))      tokens exchange information
+    x = x + ffn(norm2(x))              x = norm2(x + ffn(x))       each token is processed on its own
 
-The residual stream x `(B, T, d_model)` runs straight through; each sub-layer reads a normalised copy and
-adds its result back. GPT-2 and Llama both normalise before each sub-layer (pre-norm); the original
-Transformer normalised after the addition (post-norm: x = norm(x + attn(x))), which trains less stably
-without warm-up (Xiong et al. 2020). A model ends with one more norm after the last block (`model.py`).
+In a pre-norm block the residual stream x `(B, T, d_model)` runs straight through; each sub-layer reads a
+normalised copy and adds its result back, and the model ends with one more norm after the last block
+(`model.py`). In a post-norm block every addition is normalised, so the stream itself is renormalised twice
+per layer and no final norm is needed; it trains less stably without warm-up (Xiong et al. 2020).
 
-Leaves out: post-norm, parallel attention + FFN (GPT-J), cross-attention of decoders in encoder-decoders.
+Leaves out: parallel attention + FFN (GPT-J), cross-attention of decoders in encoder-decoders.
 """
 import torch
 import torch.nn as nn
@@ -20,7 +21,7 @@ from .utils import check_config, check_int
 
 
 class Block(nn.Module):
-    """One pre-norm block for a `GPTConfig`; `window` is this layer's sliding window (None = global)."""
+    """One block for a `GPTConfig` (`norm_position` pre or post); `window`: this layer's sliding window or None."""
 
     def __init__(self, config, window: int | None = None):
         super().__init__()
@@ -33,6 +34,7 @@ class Block(nn.Module):
         )
         self.norm2 = make_norm(config)
         self.ffn = make_ffn(config)
+        self.post_norm = config.norm_position == "post"
 
     def forward(
         self,
@@ -44,9 +46,12 @@ class Block(nn.Module):
         cache: LayerKVCache | None = None,
     ) -> torch.Tensor:
         """x `(B, T, d_model)` -> `(B, T, d_model)`; the keywords go to `Attention.forward` (causal)."""
-        x = x + self.attn(
-            self.norm1(x), causal=True, rope=rope, bias=bias, window=self.window,
-            padding_mask=padding_mask, cache=cache,
-        )
-        x = x + self.ffn(self.norm2(x))
-        return x
+        def attend(h):
+            return self.attn(h, causal=True, rope=rope, bias=bias, window=self.window,
+                             padding_mask=padding_mask, cache=cache)
+
+        if self.post_norm:
+            x = self.norm1(x + attend(x))
+            return self.norm2(x + self.ffn(x))
+        x = x + attend(self.norm1(x))
+        return x + self.ffn(self.norm2(x))

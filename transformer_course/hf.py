@@ -1,7 +1,8 @@
-"""Converting Hugging Face GPT-2 and Llama (and Mistral) weights to and from the course GPT (Chapters 1, 11).
+"""Converting Hugging Face GPT-1, GPT-2 and Llama (and Mistral) weights to and from the course GPT (Chapters 1, 9, 11).
 
-`from_hf(model_or_state_dict, hf_config)` takes objects you already have (a `GPT2LMHeadModel`,
-`LlamaForCausalLM`, `MistralForCausalLM`, or their state dict plus config); it never downloads anything.
+`from_hf(model_or_state_dict, hf_config)` takes objects you already have (an `OpenAIGPTLMHeadModel`,
+`GPT2LMHeadModel`, `LlamaForCausalLM`, `MistralForCausalLM`, or their state dict plus config); it never
+downloads anything. GPT-1 is GPT-2's layout with post-norm blocks and no final norm.
 
 Two things to know when reading the mapping:
 - GPT-2's linear layers are `Conv1D` modules that store the weight as (in, out), the transpose of
@@ -18,6 +19,9 @@ from .model import GPT, GPTConfig
 from .utils import check_int, describe
 
 GPT2_ACTIVATIONS = ("gelu_new", "gelu_pytorch_tanh")  # the tanh approximation our MLP uses
+GPT1_ACTIVATIONS = ("gelu",)  # OpenAIGPT's "gelu" is gelu_new, the tanh approximation
+# Embedding and final-norm names of GPT-2 and of GPT-1 (whose post-norm blocks need no final norm).
+_GPT_NAMES = {"pre": ("wte", "wpe", "ln_f"), "post": ("tokens_embed", "positions_embed", None)}
 
 
 def _config_dict(hf_config) -> dict:
@@ -67,14 +71,23 @@ def config_from_hf(hf_config) -> GPTConfig:
                 dropout=d.get("attention_dropout", 0.0),
                 attention_window=d.get("sliding_window") if kind == "mistral" else None,
             )
+        if kind == "openai-gpt":
+            _require(d.get("afn") in GPT1_ACTIVATIONS, f"afn {d.get('afn')!r}")
+            return GPTConfig.gpt2_like(
+                vocab_size=d["vocab_size"], context_length=d["n_positions"], n_layers=d["n_layer"],
+                n_heads=d["n_head"], d_model=d["n_embd"], norm_eps=d["layer_norm_epsilon"], norm_position="post",
+                tie_weights=d.get("tie_word_embeddings", True), dropout=d.get("resid_pdrop", 0.0),
+            )
     except KeyError as e:
         raise ValueError(f"hf_config lacks {e.args[0]!r}, which a {kind} config has") from None
-    raise ValueError(f"from_hf supports model_type gpt2, llama and mistral, got {kind!r}")
+    raise ValueError(f"from_hf supports model_type openai-gpt, gpt2, llama and mistral, got {kind!r}")
 
 
-def _gpt2_to_course(sd: dict, n_layers: int) -> tuple[dict, dict]:
+def _gpt2_to_course(sd: dict, n_layers: int, norm_position: str = "pre") -> tuple[dict, dict]:
+    """GPT-2's names (or GPT-1's, `norm_position="post"`) -> the course's; returns (ours, unused entries)."""
+    wte, wpe, ln_f = _GPT_NAMES[norm_position]
     sd = {k.removeprefix("transformer."): v for k, v in sd.items()}
-    out = {"tok_emb.weight": sd.pop("wte.weight"), "pos_emb.weight": sd.pop("wpe.weight")}
+    out = {"tok_emb.weight": sd.pop(f"{wte}.weight"), "pos_emb.weight": sd.pop(f"{wpe}.weight")}
     pairs = [("ln_1", "norm1"), ("ln_2", "norm2")]
     linears = [("attn.c_attn", "attn.qkv"), ("attn.c_proj", "attn.out_proj"), ("mlp.c_fc", "ffn.fc"),
                ("mlp.c_proj", "ffn.proj")]
@@ -87,7 +100,8 @@ def _gpt2_to_course(sd: dict, n_layers: int) -> tuple[dict, dict]:
             out[f"blocks.{i}.{ours}.bias"] = sd.pop(f"h.{i}.{hf}.bias")
         for buffer in ("attn.bias", "attn.masked_bias"):  # causal-mask buffers of older transformers versions
             sd.pop(f"h.{i}.{buffer}", None)
-    out["norm_f.weight"], out["norm_f.bias"] = sd.pop("ln_f.weight"), sd.pop("ln_f.bias")
+    if ln_f is not None:
+        out["norm_f.weight"], out["norm_f.bias"] = sd.pop(f"{ln_f}.weight"), sd.pop(f"{ln_f}.bias")
     out["lm_head.weight"] = sd.pop("lm_head.weight", out["tok_emb.weight"])
     return out, sd
 
@@ -134,8 +148,8 @@ def from_hf(hf_model_or_state_dict, hf_config=None) -> GPT:
         raise ValueError(f"the state dict must map names to tensors, got {dict(list(wrong.items())[:3])}")
     state_dict = {k: v.detach() for k, v in state_dict.items()}
     try:
-        if _config_dict(hf_config)["model_type"] == "gpt2":
-            ours, leftover = _gpt2_to_course(state_dict, config.n_layers)
+        if config.positional == "learned":  # GPT-2 or GPT-1
+            ours, leftover = _gpt2_to_course(state_dict, config.n_layers, config.norm_position)
         else:
             ours, leftover = _llama_to_course(state_dict, config.n_layers, config.bias)
     except KeyError as e:
@@ -152,14 +166,17 @@ def from_hf(hf_model_or_state_dict, hf_config=None) -> GPT:
 
 def to_hf_state_dict(model: GPT) -> dict:
     """The inverse of `from_hf` for GPT-2-like and Llama-like course models: a state dict for
-    `GPT2LMHeadModel` or `LlamaForCausalLM` (`load_state_dict` into a model built from the matching config)."""
+    `GPT2LMHeadModel` (`OpenAIGPTLMHeadModel` when post-norm) or `LlamaForCausalLM` (`load_state_dict` into a
+    model built from the matching config)."""
     if not isinstance(model, GPT):
         raise ValueError(f"model must be a course GPT, got {describe(model)}")
     c, sd = model.config, {k: v.detach().clone() for k, v in model.state_dict().items()}
     if (c.positional, c.norm, c.ffn) == ("learned", "layernorm", "gelu") and c.bias:
-        out = {"transformer.wte.weight": sd["tok_emb.weight"], "transformer.wpe.weight": sd["pos_emb.weight"],
-               "transformer.ln_f.weight": sd["norm_f.weight"], "transformer.ln_f.bias": sd["norm_f.bias"],
+        wte, wpe, ln_f = _GPT_NAMES[c.norm_position]
+        out = {f"transformer.{wte}.weight": sd["tok_emb.weight"], f"transformer.{wpe}.weight": sd["pos_emb.weight"],
                "lm_head.weight": sd["lm_head.weight"]}
+        if ln_f is not None:
+            out[f"transformer.{ln_f}.weight"], out[f"transformer.{ln_f}.bias"] = sd["norm_f.weight"], sd["norm_f.bias"]
         names = [("ln_1", "norm1", False), ("ln_2", "norm2", False), ("attn.c_attn", "attn.qkv", True),
                  ("attn.c_proj", "attn.out_proj", True), ("mlp.c_fc", "ffn.fc", True), ("mlp.c_proj", "ffn.proj", True)]
         for i in range(c.n_layers):

@@ -40,6 +40,8 @@ from .utils import check_bool, check_choice, check_config, check_ids, check_int,
 
 POSITIONAL = ("none", "learned", "sinusoidal", "rope", "alibi")
 NORMS = ("layernorm", "rmsnorm")
+NORM_POSITIONS = ("pre", "post")
+NORM_IMPLS = ("manual", "fused")
 FFNS = ("gelu", "swiglu")
 ATTN_IMPLS = ("manual", "sdpa")
 
@@ -59,6 +61,9 @@ class GPTConfig:
     rope_theta: float = 10000.0
     norm: str = "layernorm"  # layernorm | rmsnorm
     norm_eps: float = 1e-5
+    norm_position: str = "pre"  # pre (GPT-2, Llama: x + f(norm(x)), a final norm) | post (2017, GPT-1: norm(x + f(x)))
+    norm_impl: str = "manual"  # manual (the written-out norm) | fused (F.layer_norm / F.rms_norm)
+    scale_embeddings: bool = False  # multiply token embeddings by sqrt(d_model) (Vaswani et al. 2017, §3.4)
     ffn: str = "gelu"  # gelu | swiglu
     bias: bool = True  # biases in every Linear and LayerNorm
     tie_weights: bool = True  # LM head shares the token embedding matrix
@@ -79,13 +84,15 @@ class GPTConfig:
         for name in ("n_kv_heads", "d_ff", "attention_window"):
             if getattr(self, name) is not None:
                 check_int(name, getattr(self, name))
-        for name, allowed in (("positional", POSITIONAL), ("norm", NORMS), ("ffn", FFNS), ("attn_impl", ATTN_IMPLS)):
+        for name, allowed in (("positional", POSITIONAL), ("norm", NORMS), ("ffn", FFNS), ("attn_impl", ATTN_IMPLS),
+                              ("norm_position", NORM_POSITIONS), ("norm_impl", NORM_IMPLS)):
             check_choice(name, getattr(self, name), allowed)
         check_number("rope_theta", self.rope_theta)
         check_number("norm_eps", self.norm_eps)
         check_number("dropout", self.dropout, "[0, 1)")
         check_bool("bias", self.bias)
         check_bool("tie_weights", self.tie_weights)
+        check_bool("scale_embeddings", self.scale_embeddings)
         if self.d_model % self.n_heads:
             raise ValueError(f"d_model={self.d_model} must be divisible by n_heads={self.n_heads}")
         if self.n_heads % self.h_kv:
@@ -207,7 +214,7 @@ class GPT(nn.Module):
             self.register_buffer("alibi_slopes", alibi_slopes(c.n_heads), persistent=False)
         self.drop = nn.Dropout(c.dropout)
         self.blocks = nn.ModuleList([Block(c, window=c.layer_window(i)) for i in range(c.n_layers)])
-        self.norm_f = make_norm(c)
+        self.norm_f = make_norm(c) if c.norm_position == "pre" else nn.Identity()  # post-norm ends normalised
         self.lm_head = LMHead(c.d_model, c.vocab_size, tied_to=self.tok_emb if c.tie_weights else None)
         self._init_weights()
 
@@ -280,6 +287,8 @@ class GPT(nn.Module):
         q_pos = k_pos[:, past:]  # (1 or B, T): the new tokens
 
         x = self.tok_emb(idx)  # (B, T, d_model)
+        if c.scale_embeddings:
+            x = x * math.sqrt(c.d_model)
         if c.positional == "learned":
             x = x + self.pos_emb(q_pos)
         elif c.positional == "sinusoidal":

@@ -8,26 +8,35 @@ exactly as `nn.LayerNorm` / `nn.RMSNorm` do:
     LayerNorm(x) = (x - mean(x)) / sqrt(var(x) + eps) * weight + bias      var: biased (divide by d)
     RMSNorm(x)   = x / sqrt(mean(x^2) + eps) * weight
 
+`impl="fused"` computes the same with PyTorch's single kernels `F.layer_norm` / `F.rms_norm` (a
+`GPTConfig.norm_impl`), the way `attn_impl="sdpa"` sits beside the written-out attention.
+
 Leaves out: normalising over several trailing dimensions, mixed-precision upcasting, BatchNorm.
 Pre-norm vs post-norm is a property of the block (`block.py`).
 """
 import torch
 import torch.nn as nn
+import torch.nn.functional as F
 
-from .utils import check_bool, check_config, check_input, check_int, check_number
+from .utils import check_bool, check_choice, check_config, check_input, check_int, check_number
+
+IMPLS = ("manual", "fused")
 
 
 class LayerNorm(nn.Module):
     """x `(..., d)` -> `(..., d)`, zero mean and unit variance per vector, then `* weight + bias`."""
 
-    def __init__(self, d: int, eps: float = 1e-5, bias: bool = True):
+    def __init__(self, d: int, eps: float = 1e-5, bias: bool = True, impl: str = "manual"):
         super().__init__()
         self.eps = check_number("eps", eps)
         self.weight = nn.Parameter(torch.ones(check_int("d", d)))
         self.bias = nn.Parameter(torch.zeros(d)) if check_bool("bias", bias) else None
+        self.impl = check_choice("impl", impl, IMPLS)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         check_input("x", x, self.weight)
+        if self.impl == "fused":
+            return F.layer_norm(x, self.weight.shape, self.weight, self.bias, self.eps)
         mean = x.mean(dim=-1, keepdim=True)  # (..., 1)
         var = x.var(dim=-1, keepdim=True, unbiased=False)  # (..., 1) biased, as in nn.LayerNorm
         x_hat = (x - mean) / torch.sqrt(var + self.eps)  # (..., d)
@@ -35,29 +44,32 @@ class LayerNorm(nn.Module):
         return out + self.bias if self.bias is not None else out
 
     def extra_repr(self) -> str:
-        return f"{self.weight.shape[0]}, eps={self.eps}, bias={self.bias is not None}"
+        return f"{self.weight.shape[0]}, eps={self.eps}, bias={self.bias is not None}, impl={self.impl}"
 
 
 class RMSNorm(nn.Module):
     """x `(..., d)` -> `(..., d)`, divided by its root mean square, then `* weight`. No centring, no bias."""
 
-    def __init__(self, d: int, eps: float = 1e-5):
+    def __init__(self, d: int, eps: float = 1e-5, impl: str = "manual"):
         super().__init__()
         self.eps = check_number("eps", eps)
         self.weight = nn.Parameter(torch.ones(check_int("d", d)))
+        self.impl = check_choice("impl", impl, IMPLS)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         check_input("x", x, self.weight)
+        if self.impl == "fused":
+            return F.rms_norm(x, self.weight.shape, self.weight, self.eps)
         inv_rms = torch.rsqrt(x.pow(2).mean(dim=-1, keepdim=True) + self.eps)  # (..., 1) 1/sqrt(mean(x^2) + eps)
         return x * inv_rms * self.weight
 
     def extra_repr(self) -> str:
-        return f"{self.weight.shape[0]}, eps={self.eps}"
+        return f"{self.weight.shape[0]}, eps={self.eps}, impl={self.impl}"
 
 
 def make_norm(config) -> nn.Module:
     """The norm a `GPTConfig` asks for: LayerNorm (with a bias if config.bias) or RMSNorm, over d_model."""
     check_config(config)
     if config.norm == "layernorm":
-        return LayerNorm(config.d_model, eps=config.norm_eps, bias=config.bias)
-    return RMSNorm(config.d_model, eps=config.norm_eps)
+        return LayerNorm(config.d_model, eps=config.norm_eps, bias=config.bias, impl=config.norm_impl)
+    return RMSNorm(config.d_model, eps=config.norm_eps, impl=config.norm_impl)
