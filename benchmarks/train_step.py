@@ -8,15 +8,20 @@ loss, backward, clip the gradient norm to 1, AdamW step. Rows:
   training forwards, taken by a forward pre-hook (so batch sampling, the schedule, `loss.item()` and the
   optimizer are all inside, exactly as `train` runs them);
 - course GPT and Hugging Face `GPT2LMHeadModel` (same sizes, eager and SDPA attention) in the same
-  hand-written loop (plain `torch.optim.AdamW`, `clip_grad_norm_`, cross-entropy on the logits).
+  hand-written loop (plain `torch.optim.AdamW`, `clip_grad_norm_`, cross-entropy on the logits);
+- the course GPT with its fused paths (`norm_impl="fused"`, `attn_impl="sdpa"`);
+- `PlainGPT`, a GPT-2 written the way nanoGPT's `model.py` writes it (one fused QKV linear, `nn.LayerNorm`,
+  SDPA, tied head, no input checks): the floor a readable-but-fast model is measured against.
 
 The token stream is uniform random ids: the arithmetic of a step does not depend on which tokens they are.
 Run: .venv/bin/python benchmarks/train_step.py [--steps 50 --warmup 10 --threads N]
 """
 import argparse
+import math
 import time
 
 import torch
+import torch.nn as nn
 import torch.nn.functional as F
 from transformers import GPT2Config, GPT2LMHeadModel
 
@@ -34,6 +39,52 @@ def course_model(attn_impl: str) -> GPT:
     torch.manual_seed(0)
     return GPT(GPTConfig.gpt2_like(vocab_size=VOCAB, context_length=BLOCK, n_layers=LAYERS, n_heads=HEADS,
                                    d_model=D_MODEL, dropout=0.0, attn_impl=attn_impl))
+
+
+def fused_course_model() -> GPT:
+    torch.manual_seed(0)
+    return GPT(GPTConfig.gpt2_like(vocab_size=VOCAB, context_length=BLOCK, n_layers=LAYERS, n_heads=HEADS,
+                                   d_model=D_MODEL, dropout=0.0, attn_impl="sdpa", norm_impl="fused"))
+
+
+class PlainBlock(nn.Module):
+    """Pre-norm block, nanoGPT style: one (d, 3d) QKV linear, nn.LayerNorm, SDPA, tanh-GELU MLP."""
+
+    def __init__(self, d: int, h: int):
+        super().__init__()
+        self.h = h
+        self.ln_1, self.ln_2 = nn.LayerNorm(d), nn.LayerNorm(d)
+        self.c_attn, self.c_proj = nn.Linear(d, 3 * d), nn.Linear(d, d)
+        self.fc, self.proj = nn.Linear(d, 4 * d), nn.Linear(4 * d, d)
+
+    def forward(self, x):
+        B, T, d = x.shape
+        q, k, v = self.c_attn(self.ln_1(x)).split(d, dim=2)
+        q, k, v = (t.view(B, T, self.h, d // self.h).transpose(1, 2) for t in (q, k, v))  # (B, h, T, d_k)
+        y = F.scaled_dot_product_attention(q, k, v, is_causal=True).transpose(1, 2).reshape(B, T, d)
+        x = x + self.c_proj(y)
+        return x + self.proj(F.gelu(self.fc(self.ln_2(x)), approximate="tanh"))
+
+
+class PlainGPT(nn.Module):
+    """GPT-2 the nanoGPT way, for timing only (same sizes and initialisation scale as the course model)."""
+
+    def __init__(self):
+        super().__init__()
+        torch.manual_seed(0)
+        self.wte, self.wpe = nn.Embedding(VOCAB, D_MODEL), nn.Embedding(BLOCK, D_MODEL)
+        self.blocks = nn.ModuleList(PlainBlock(D_MODEL, HEADS) for _ in range(LAYERS))
+        self.ln_f = nn.LayerNorm(D_MODEL)
+        for name, p in self.named_parameters():
+            if p.dim() == 2:
+                std = 0.02 / math.sqrt(2 * LAYERS) if name.endswith(("c_proj.weight", "proj.weight")) else 0.02
+                nn.init.normal_(p, std=std)
+
+    def forward(self, idx):
+        x = self.wte(idx) + self.wpe(torch.arange(idx.shape[1]))
+        for block in self.blocks:
+            x = block(x)
+        return (self.ln_f(x) @ self.wte.weight.T,)  # tied head: logits (B, T, V)
 
 
 def hf_model(attn_implementation: str) -> GPT2LMHeadModel:
@@ -110,11 +161,15 @@ def main() -> None:
         "course GPT, `train()` (attn_impl=\"sdpa\")": course_train_runner(course_model("sdpa"), ids),
         "course GPT, plain loop (manual attention)": plain_loop_runner(course_model("manual"), ids),
         "course GPT, plain loop (attn_impl=\"sdpa\")": plain_loop_runner(course_model("sdpa"), ids),
+        "course GPT, plain loop (sdpa, norm_impl=\"fused\")": plain_loop_runner(fused_course_model(), ids),
+        "course GPT, `train()` (sdpa, norm_impl=\"fused\")": course_train_runner(fused_course_model(), ids),
+        "PlainGPT (nanoGPT-style), plain loop": plain_loop_runner(PlainGPT(), ids),
         "HF GPT2LMHeadModel, plain loop (eager)": plain_loop_runner(hf_model("eager"), ids),
         "HF GPT2LMHeadModel, plain loop (sdpa)": plain_loop_runner(hf_model("sdpa"), ids),
     }
     params = {"course": sum(p.numel() for p in course_model("manual").parameters()),
-              "HF": sum(p.numel() for p in hf_model("eager").parameters())}
+              "HF": sum(p.numel() for p in hf_model("eager").parameters()),
+              "PlainGPT": sum(p.numel() for p in PlainGPT().parameters())}
     # Interleave: every row gets its steps in `rounds` slices, so a burst of load elsewhere on the machine
     # hits all rows alike instead of one.
     times = {name: [] for name in runners}
@@ -122,17 +177,19 @@ def main() -> None:
     for r in range(ROUNDS):
         for name, run in runners.items():
             times[name] += run(args.warmup if r == 0 else 2, per_round)
-    rows = []
+    rows, floor = [], median_and_spread(times["PlainGPT (nanoGPT-style), plain loop"])[0]
     for name, t in times.items():
         median, p10, p90 = median_and_spread(t)
-        rows.append([name, f"{median * 1e3:.1f}", f"{p10 * 1e3:.1f}–{p90 * 1e3:.1f}", f"{BATCH * BLOCK / median:,.0f}"])
+        rows.append([name, f"{median * 1e3:.1f}", f"{p10 * 1e3:.1f}–{p90 * 1e3:.1f}", f"{BATCH * BLOCK / median:,.0f}",
+                     f"{median / floor:.2f}"])
 
     print("### Training step, nanoGPT CPU config\n")
     print(f"B={BATCH}, T={BLOCK}, L={LAYERS}, h={HEADS}, d_model={D_MODEL}, V={VOCAB}, dropout 0, float32; "
-          f"AdamW + clip 1.0; parameters: course {params['course']:,}, HF {params['HF']:,}. "
+          f"AdamW + clip 1.0; parameters: course {params['course']:,}, HF {params['HF']:,}, "
+          f"PlainGPT {params['PlainGPT']:,}. "
           f"Median over {per_round * ROUNDS} steps per row, taken in {ROUNDS} interleaved rounds after "
           f"{args.warmup} warm-up steps; {threads}. {machine()}.\n")
-    print(markdown_table(["model, loop", "ms/step (median)", "p10–p90 ms", "tokens/s"], rows))
+    print(markdown_table(["model, loop", "ms/step (median)", "p10–p90 ms", "tokens/s", "x PlainGPT"], rows))
 
 
 if __name__ == "__main__":
