@@ -190,3 +190,21 @@ def test_shipped_tiny_checkpoint():
     cfg = model.config
     assert (cfg.positional, cfg.norm, cfg.ffn, cfg.tie_weights) == ("learned", "layernorm", "gelu", True)
     assert (cfg.vocab_size, cfg.context_length, cfg.n_layers, cfg.n_heads, cfg.d_model) == (1024, 128, 4, 4, 128)
+
+
+def test_shipped_tiny_llama_is_the_llama_twin_of_tiny():
+    """Same size, data and schedule as `tiny`; RoPE, RMSNorm, SwiGLU, 2 KV heads, untied head."""
+    model, _, meta = load_checkpoint("tiny-llama")
+    tiny_config, tiny_schedule = train_cli.CONFIGS["tiny"]
+    assert model.config == train_cli.CONFIGS["tiny-llama"][0]
+    assert meta["command"] == "python -m transformer_course.train --config tiny-llama --no-progress"
+    assert meta["train_config"] == tiny_schedule.to_dict() | {"device": "cpu"}
+    cfg = model.config
+    assert (cfg.positional, cfg.norm, cfg.ffn, cfg.tie_weights, cfg.h_kv) == ("rope", "rmsnorm", "swiglu", False, 2)
+    assert (cfg.n_layers, cfg.n_heads, cfg.d_model, cfg.context_length) == (tiny_config.n_layers, tiny_config.n_heads,
+                                                                            tiny_config.d_model, tiny_config.context_length)
+    assert meta["val_loss"] < 1.5  # it learned the corpus (ln V = 6.93 at the start)
+
+
+def test_shipped_checkpoints_stay_within_20_mb():
+    assert sum(p.stat().st_size for p in checkpoints.CHECKPOINT_DIR.glob("*.pt")) <= 20e6
