@@ -210,3 +210,11 @@ def test_extrapolation_configs_train_short_and_share_one_schedule():
         others = {k: v for k, v in model_config.to_dict().items() if k != "positional"}
         schedules.add((repr(sorted(others.items())), repr(train_config)))
     assert len(schedules) == 1
+
+
+def test_scaled_sinusoidal_recipe_differs_from_pos_sinusoidal_only_in_the_scale():
+    from transformer_course.train import CONFIGS
+
+    (plain, plain_train), (scaled, scaled_train) = CONFIGS["pos-sinusoidal"], CONFIGS["pos-sinusoidal-scaled"]
+    assert scaled.scale_embeddings and not plain.scale_embeddings
+    assert {**scaled.to_dict(), "scale_embeddings": False} == plain.to_dict() and scaled_train == plain_train

@@ -3,7 +3,7 @@
 Each step turns the last position's logits `(B, V)` into a next token:
 
 - greedy: the most probable token (argmax);
-- temperature: divide the logits by T before the softmax; T < 1 sharpens, T > 1 flattens;
+- temperature: divide the logits by τ before the softmax; τ < 1 sharpens, τ > 1 flattens;
 - top-k: keep the k largest logits (Fan et al. 2018);
 - top-p (nucleus, Holtzman et al. 2019 §3.1): keep the smallest set of most probable tokens whose
   probability mass reaches p;

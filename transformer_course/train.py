@@ -54,6 +54,17 @@ CONFIGS: dict[str, tuple[GPTConfig, TrainConfig]] = {
         TrainConfig(steps=1500, batch_size=16, block_size=128, lr=3e-3, min_lr=3e-4, warmup_steps=100,
                     eval_interval=250, eval_batches=20, seed=0),
     ),
+    # Chapter 8's quality cost of local attention: "small-tied" (both layers global) with a sliding window of
+    # 8 tokens in both layers, or in the first layer only (local, then global, as GPT-3 alternates them).
+    **{
+        f"local-{kind}": (
+            GPTConfig.gpt2_like(vocab_size=COURSE_VOCAB_SIZE, context_length=128, n_layers=2, n_heads=4,
+                                d_model=64, attention_window=8, layer_pattern=pattern),
+            TrainConfig(steps=1500, batch_size=16, block_size=128, lr=3e-3, min_lr=3e-4, warmup_steps=100,
+                        eval_interval=250, eval_batches=20, seed=0),
+        )
+        for kind, pattern in (("all", ("local", "local")), ("alternating", ("local", "global")))
+    },
     # Chapter 4's length-extrapolation models: one small GPT-2-flavoured model per positional scheme, with the
     # same schedule and seed. context_length=128 lets them be evaluated on 128 tokens, but they train on windows
     # of block_size=64, so positions 64..127 never occur in training (rows 64..127 of a learned table never
@@ -67,6 +78,14 @@ CONFIGS: dict[str, tuple[GPTConfig, TrainConfig]] = {
         )
         for scheme in ("none", "learned", "sinusoidal", "rope", "alibi")
     },
+    # pos-sinusoidal with the token embeddings multiplied by sqrt(d_model) before the table is added, as the
+    # 2017 Transformer does (Vaswani et al. §3.4): does the scale rescue the sinusoidal model?
+    "pos-sinusoidal-scaled": (
+        GPTConfig.gpt2_like(vocab_size=COURSE_VOCAB_SIZE, context_length=128, n_layers=2, n_heads=4, d_model=64,
+                            positional="sinusoidal", scale_embeddings=True),
+        TrainConfig(steps=1500, batch_size=32, block_size=64, lr=3e-3, min_lr=3e-4, warmup_steps=100,
+                    eval_interval=250, eval_batches=20, seed=0),
+    ),
 }
 
 
