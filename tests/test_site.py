@@ -1,6 +1,7 @@
 """The built site: a clean `jupyter-book build -W -n`, then a real headless Chromium visiting every page.
 
-Each page must load with no 4xx/5xx, no request leaving 127.0.0.1, rendered math and every image loaded.
+Each page must load with no 4xx/5xx, no request leaving 127.0.0.1, rendered math, every image loaded and no
+code block wider than the page column (long lines wrap: _static/course.css).
 """
 import functools
 import http.server
@@ -118,6 +119,9 @@ def visit(browser, base: str, name: str, screenshot: pathlib.Path | None = None)
     broken = page.evaluate("""() => [...document.images]
         .filter(i => !(i.complete && i.naturalWidth > 0)).map(i => i.getAttribute('src'))""")
     problems += [f"{name}: image not loaded: {src}" for src in broken]
+    hidden = page.evaluate("""() => [...document.querySelectorAll('pre')]
+        .filter(p => p.scrollWidth > p.clientWidth + 1).map(p => p.textContent.split('\\n')[0].slice(0, 60))""")
+    problems += [f"{name}: a code block is wider than the page column (starts {text!r})" for text in hidden]
     if screenshot:
         page.evaluate("window.scrollTo(0, 0)")
         page.screenshot(path=str(screenshot), full_page=True)
