@@ -1,16 +1,11 @@
 """Chapter 2's checkers: the reference answers pass, typical mistakes get specific hints, nothing crashes."""
+import re
 import time
 
 import numpy as np
 
 from transformer_course.exercises import ch02
-
-
-def get_stats(ids):
-    counts = {}
-    for pair in zip(ids, ids[1:]):
-        counts[pair] = counts.get(pair, 0) + 1
-    return counts
+from transformer_course.tokenization import get_stats, train_fast
 
 
 def merge(ids, pair, idx):
@@ -44,88 +39,117 @@ def encode_minbpe(text, merges):
     return ids
 
 
+def train_with_specials(text, n_merges, special_tokens):
+    """BPE on raw bytes; the text between special tokens forms separate sequences, counted together."""
+    pieces = [text]
+    for s in sorted(special_tokens, key=len, reverse=True):
+        pieces = [part for piece in pieces for part in piece.split(s)]
+    sequences = [list(p.encode("utf-8")) for p in pieces if p]
+    merges = {}
+    for k in range(n_merges):
+        stats = {}
+        for ids in sequences:
+            for pair in zip(ids, ids[1:]):
+                stats[pair] = stats.get(pair, 0) + 1
+        pair = min(stats, key=lambda p: (-stats[p], p))
+        sequences = [merge(ids, pair, 256 + k) for ids in sequences]
+        merges[pair] = 256 + k
+    return merges
+
+
+def merges_for_run(n):
+    return n.bit_length() + bin(n).count("1") - 2
+
+
 def test_reference_answers_pass():
-    assert ch02.check_get_stats(get_stats).passed
-    assert ch02.check_merge(merge).passed
     assert ch02.check_encode(encode).passed
     assert ch02.check_encode(encode_minbpe).passed
+    assert ch02.check_train_with_specials(train_with_specials).passed
+    assert ch02.check_merges_for_run(merges_for_run).passed
 
 
 def test_alternative_correct_answers_pass():
-    from collections import Counter
-
-    assert ch02.check_get_stats(lambda ids: Counter(zip(ids, ids[1:]))).passed
-    assert ch02.check_merge(lambda ids, pair, idx: tuple(merge(ids, pair, idx))).passed
     assert ch02.check_encode(lambda text, merges: np.array(encode(text, merges), dtype=np.int64)).passed
+    as_list = ch02.check_train_with_specials(lambda *a: list(train_with_specials(*a)))  # pairs in order
+    assert as_list.passed
+    assert ch02.check_merges_for_run(lambda n: float(merges_for_run(n))).passed
 
 
-def test_get_stats_hints():
-    missing_last = ch02.check_get_stats(lambda ids: get_stats(ids[:-1]))
-    assert not missing_last.passed and "last pair is missing" in missing_last.message
-    wrap = ch02.check_get_stats(lambda ids: get_stats(ids + ids[:1]))
-    assert not wrap.passed and "wrap around" in wrap.message
-    once = ch02.check_get_stats(lambda ids: {p: 1 for p in zip(ids, ids[1:])})
-    assert not once.passed and "counted once" in once.message
-
-    def skip_after_match(ids):
-        counts, i = {}, 0
-        while i < len(ids) - 1:
-            pair = (ids[i], ids[i + 1])
-            counts[pair] = counts.get(pair, 0) + 1
-            i += 2 if pair[0] == pair[1] else 1
-        return counts
-
-    overlap = ch02.check_get_stats(skip_after_match)
-    assert not overlap.passed and "overlapping" in overlap.message
-    pairs = ch02.check_get_stats(lambda ids: list(zip(ids, ids[1:])))
-    assert not pairs.passed and "dict" in pairs.message
-    keys = ch02.check_get_stats(lambda ids: {f"{a},{b}": n for (a, b), n in get_stats(ids).items()})
-    assert not keys.passed and "tuples" in keys.message
-
-    def mutate(ids):
-        counts = get_stats(ids)
-        ids.clear()
-        return counts
-
-    assert "changed the list" in ch02.check_get_stats(mutate).message
+def test_specials_reference_on_a_hand_example():
+    """Worked by hand: pieces "ab", "ba", "ba" hold (b, a) twice and (a, b) once; glued, "abbaba" ties them."""
+    text = "ab<|endoftext|>ba<|endoftext|>ba"
+    assert train_with_specials(text, 1, ("<|endoftext|>",)) == {(98, 97): 256}
+    glued = train_with_specials(text.replace("<|endoftext|>", ""), 1, ())
+    assert glued == {(97, 98): 256}  # the smallest of the tied pairs
+    assert "joins the text" in ch02.check_train_with_specials(
+        lambda t, n, s: train_with_specials(re.sub("|".join(map(re.escape, s)), "", t), n, ())).message
 
 
-def test_merge_hints():
-    def first_only(ids, pair, idx):
-        for i in range(len(ids) - 1):
-            if (ids[i], ids[i + 1]) == pair:
-                return ids[:i] + [idx] + ids[i + 2:]
-        return list(ids)
+def test_run_merges_match_the_package_trainer_and_a_hand_count():
+    """n = 1000: 500, 250, 125 pairs halve; 62 + 1 left ... 9 doubling merges leave 6 tokens, 5 more: 14."""
+    assert ch02.run_merges(1000) == 14 == merges_for_run(1000)
+    assert ch02.run_merges(8) == 3 and ch02.run_merges(1) == 0
+    for n in (2, 5, 11, 100, 257):
+        k = ch02.run_merges(n)
+        train_fast("-" * n, 256 + k, special_tokens=())  # the trainer manages k merges...
+        try:  # ...and refuses one more
+            train_fast("-" * n, 256 + k + 1, special_tokens=())
+        except ValueError as err:
+            assert f"after {k} merges" in str(err)
+        else:
+            raise AssertionError(f"train_fast learned more than {k} merges from {n} bytes")
 
-    first = ch02.check_merge(first_only)
-    assert not first.passed and "only the first occurrence" in first.message
 
-    def drops_last(ids, pair, idx):
-        out, i = [], 0
-        while i < len(ids) - 1:
-            if (ids[i], ids[i + 1]) == pair:
-                out.append(idx)
-                i += 2
-            else:
-                out.append(ids[i])
-                i += 1
-        return out
+def test_train_with_specials_hints():
+    def raw(text, n, specials):
+        return train_with_specials(text, n, ())
 
-    last = ch02.check_merge(drops_last)
-    assert not last.passed and "last id is missing" in last.message
+    assert "raw text" in ch02.check_train_with_specials(raw).message
 
-    def no_skip(ids, pair, idx):
-        return [idx if (a, b) == pair else a for a, b in zip(ids, ids[1:] + [None])]
+    def spaced(text, n, specials):
+        for s in specials:
+            text = text.replace(s, " ")
+        return train_with_specials(text, n, ())
 
-    skip = ch02.check_merge(no_skip)
-    assert not skip.passed and ("ONE id" in skip.message or "skip" in skip.message)
+    assert "replacing by ' '" in ch02.check_train_with_specials(spaced).message
+    first_only = ch02.check_train_with_specials(lambda t, n, s: train_with_specials(t, n, s[:1]))
+    assert not first_only.passed and "every special token" in first_only.message
 
-    def in_place(ids, pair, idx):
-        ids[:] = merge(ids, pair, idx)
+    def first_seen_ties(text, n, specials):
+        pieces = [text]
+        for s in specials:
+            pieces = [part for piece in pieces for part in piece.split(s)]
+        sequences, merges = [list(p.encode()) for p in pieces if p], {}
+        for k in range(n):
+            stats = {}
+            for ids in sequences:
+                get_stats(ids, stats)
+            pair = max(stats, key=stats.get)
+            sequences = [merge(ids, pair, 256 + k) for ids in sequences]
+            merges[pair] = 256 + k
+        return merges
 
-    assert "returned None" in ch02.check_merge(in_place).message
-    assert "nothing was replaced" in ch02.check_merge(lambda ids, pair, idx: list(ids)).message
-    assert "list of ids" in ch02.check_merge(lambda ids, pair, idx: "4 3 4").message
+    assert "smallest pair" in ch02.check_train_with_specials(first_seen_ties).message
+    short = ch02.check_train_with_specials(lambda t, n, s: train_with_specials(t, n - 1, s))
+    assert not short.passed and "expected 12" in short.message
+    ids = ch02.check_train_with_specials(lambda t, n, s: {p: i + 1 for p, i in train_with_specials(t, n, s).items()})
+    assert not ids.passed and "256, 257" in ids.message
+    keys = ch02.check_train_with_specials(lambda t, n, s: {"a b": 256})
+    assert not keys.passed and "pairs of int ids" in keys.message
+    assert "returned None" in ch02.check_train_with_specials(lambda *a: None).message
+    assert "return a dict" in ch02.check_train_with_specials(lambda *a: "merges").message
+
+
+def test_merges_for_run_hints():
+    assert "n = 8 by hand" in ch02.check_merges_for_run(lambda n: n - 1).message
+    floor_log = ch02.check_merges_for_run(lambda n: n.bit_length() - 1)
+    assert not floor_log.passed and "powers of two" in floor_log.message
+    assert "vocabulary size" in ch02.check_merges_for_run(lambda n: 256 + merges_for_run(n)).message
+    assert "one too many" in ch02.check_merges_for_run(lambda n: merges_for_run(n) + 1).message
+    assert "return an int" in ch02.check_merges_for_run(lambda n: "14").message
+    for wrong in (lambda n: n // 2, lambda n: 3):  # the generic hint names n and the reader's value only
+        message = ch02.check_merges_for_run(wrong).message
+        assert "by hand or with train_fast" in message and "14" not in message
 
 
 def test_encode_hints():
@@ -165,11 +189,12 @@ def test_checkers_never_crash():
     def hang(*args):
         time.sleep(60)
 
-    for check in (ch02.check_get_stats, ch02.check_merge, ch02.check_encode):
-        for answer in (boom, None, 42, lambda *a: None, lambda *a: float("nan"), lambda *a: {object(): 1}):
+    for check in (ch02.check_encode, ch02.check_train_with_specials, ch02.check_merges_for_run):
+        for answer in (boom, None, 42, lambda *a: None, lambda *a: float("nan"), lambda *a: {object(): 1},
+                       lambda *a: [[1, 2, 3]], lambda *a: {(1, 2): "x"}):
             result = check(answer)
             assert not result.passed and result.message
     started = time.monotonic()
-    hung = ch02.check_merge(hang)
+    hung = ch02.check_train_with_specials(hang)
     assert not hung.passed and "did not finish" in hung.message
     assert time.monotonic() - started < 15

@@ -3,18 +3,10 @@ import math
 import time
 
 import torch
+from transformers import LlamaConfig
+from transformers.modeling_rope_utils import ROPE_INIT_FUNCTIONS
 
 from transformer_course.exercises import ch04
-
-
-def sinusoidal_table(T, d):
-    pe = torch.zeros(T, d)
-    for pos in range(T):
-        for i in range(d // 2):
-            angle = pos / 10000 ** (2 * i / d)
-            pe[pos, 2 * i] = math.sin(angle)
-            pe[pos, 2 * i + 1] = math.cos(angle)
-    return pe
 
 
 def rope_interleaved(x, base=10000.0, direction=1):
@@ -29,15 +21,29 @@ def rope_interleaved(x, base=10000.0, direction=1):
     return out
 
 
-def alibi_slopes(h):
-    return torch.tensor([2 ** (-8 / h * i) for i in range(1, h + 1)])
+def hf_linear_scaling(T, d_k, train_length):
+    """Position interpolation as Hugging Face builds it ("linear" RoPE scaling: inv_freq / factor), in float64."""
+    factor = max(1.0, T / train_length)
+    config = LlamaConfig(hidden_size=2 * d_k, num_attention_heads=2,
+                         rope_parameters={"rope_type": "linear", "factor": factor, "rope_theta": 10000.0})
+    inv_freq, _ = ROPE_INIT_FUNCTIONS["linear"](config, "cpu")  # (d_k/2,)
+    angles = torch.arange(T, dtype=torch.float64)[:, None] * inv_freq.double()
+    angles = torch.cat([angles, angles], dim=-1)  # the rotate-half layout, as HF's LlamaRotaryEmbedding
+    return angles.cos(), angles.sin()
+
+
+# pos-rope: d_k = 16, so θ_i = 10000^(-i/8); over distances up to 63 pair i turns by 63·θ_i radians:
+# 63, 19.9, 6.30, 1.99, 0.63, 0.199, 0.063, 0.0199. Pairs 0, 1, 2 pass 2π = 6.283; five pairs never do.
+PARTIAL_PAIRS = 5
 
 
 def test_reference_answers_pass():
-    assert ch04.check_sinusoidal_table(sinusoidal_table).passed
     assert ch04.check_rope_interleaved(rope_interleaved).passed
-    assert ch04.check_alibi_slopes(alibi_slopes).passed
-    assert ch04.check_alibi_slopes(lambda h: [2 ** (-8 / h * i) for i in range(1, h + 1)]).passed  # a list is fine
+    assert ch04.check_rope_interpolated(hf_linear_scaling).passed
+    assert ch04.check_rope_interpolated(lambda *a: list(hf_linear_scaling(*a))).passed  # a list is fine
+    assert ch04.check_n_partial_pairs(PARTIAL_PAIRS).passed
+    assert ch04.check_n_partial_pairs(torch.tensor(PARTIAL_PAIRS)).passed
+    assert ch04.check_n_partial_pairs(float(PARTIAL_PAIRS)).passed
 
 
 def test_reference_rope_is_the_papers_complex_rotation():
@@ -47,28 +53,6 @@ def test_reference_rope_is_the_papers_complex_rotation():
     rot = torch.polar(torch.ones(9, 4, dtype=torch.float64), torch.arange(9.0, dtype=torch.float64)[:, None] * freqs)
     paper = torch.view_as_real(torch.view_as_complex(x.reshape(9, 4, 2).contiguous()) * rot).reshape(9, 8)
     torch.testing.assert_close(ch04.rope_interleaved_reference(x), paper, atol=1e-6, rtol=0)
-
-
-def test_sinusoidal_hints():
-    def swapped(T, d):
-        pe = sinusoidal_table(T, d)
-        return torch.stack([pe[:, 1::2], pe[:, 0::2]], dim=-1).flatten(1)
-
-    def halves(T, d):
-        pe = sinusoidal_table(T, d)
-        return torch.cat([pe[:, 0::2], pe[:, 1::2]], dim=-1)
-
-    def slow(T, d):
-        return sinusoidal_table(T, 2 * d)[:, :d].reshape(T, d)  # 10000^(2i/(2d)) = 10000^(i/d)
-
-    def from_one(T, d):
-        return sinusoidal_table(T + 1, d)[1:]
-
-    for answer, words in ((swapped, "swapped"), (halves, "interleaves"), (slow, "exponent"), (from_one, "start at 0")):
-        result = ch04.check_sinusoidal_table(answer)
-        assert not result.passed and words in result.message, (words, result.message)
-    transposed = ch04.check_sinusoidal_table(lambda T, d: sinusoidal_table(T, d).T)
-    assert not transposed.passed and "shape" in transposed.message
 
 
 def test_rope_hints():
@@ -107,19 +91,61 @@ def test_rope_slow_frequencies_hint():
     assert not result.passed and "10000^(−2i/d)" in result.message
 
 
-def test_alibi_hints():
+def test_interpolation_reference_is_huggingfaces_linear_scaling():
+    for T, d_k, L in ((128, 16, 64), (10, 8, 4), (48, 16, 64)):
+        for ours, theirs in zip(ch04.rope_interpolated_reference(T, d_k, L), hf_linear_scaling(T, d_k, L)):
+            torch.testing.assert_close(ours, theirs, atol=1e-6, rtol=0)
+
+
+def _angles_answer(positions_of, layout="half", swap=False):
+    """A reader's answer built from a rule for the positions, in float32 as a reader would write it."""
+    def answer(T, d_k, L):
+        inv_freq = 1.0 / 10000 ** (torch.arange(0, d_k, 2).float() / d_k)
+        angles = positions_of(torch.arange(T).float(), T, L)[:, None] * inv_freq
+        if layout == "half":
+            angles = torch.cat([angles, angles], dim=-1)
+        else:
+            angles = torch.repeat_interleave(angles, 2, dim=-1)
+        return (angles.sin(), angles.cos()) if swap else (angles.cos(), angles.sin())
+    return answer
+
+
+def test_interpolation_hints():
+    squeeze = lambda m, T, L: m * min(1.0, L / T)  # noqa: E731
     cases = [
-        (lambda h: torch.tensor([2 ** (-8 / h * i) for i in range(h)]), "not 1"),
-        (lambda h: torch.tensor([2 ** (-8 / i) for i in range(1, h + 1)]), "not −8/i"),
-        (lambda h: torch.tensor([2.0 ** -i for i in range(1, h + 1)]), "8-head sequence"),
-        (lambda h: alibi_slopes(h).flip(0), "decreasing order"),
-        (lambda h: -alibi_slopes(h), "positive"),
+        (_angles_answer(lambda m, T, L: m), "plain tables"),
+        (_angles_answer(lambda m, T, L: m * max(1.0, T / L)), "stretched"),
+        (_angles_answer(lambda m, T, L: m * L / T), "unscaled"),  # scales also when T <= train_length
+        (_angles_answer(lambda m, T, L: m * (L - 1) / (T - 1) if T > L else m), "(L-1)/(L'-1)"),
+        (_angles_answer(lambda m, T, L: torch.floor(m * L / T) if T > L else m), "fractions"),
+        (_angles_answer(squeeze, layout="interleaved"), "rotate-half"),
+        (_angles_answer(squeeze, swap=True), "(sin, cos)"),
     ]
     for answer, words in cases:
-        result = ch04.check_alibi_slopes(answer)
+        result = ch04.check_rope_interpolated(answer)
         assert not result.passed and words in result.message, (words, result.message)
-    short = ch04.check_alibi_slopes(lambda h: alibi_slopes(h)[:-1])
-    assert not short.passed and "shape" in short.message
+
+    def slow_frequencies(T, d_k, L):
+        inv_freq = 1.0 / 10000 ** (torch.arange(d_k // 2).float() / d_k)
+        angles = (torch.arange(T).float() * min(1.0, L / T))[:, None] * inv_freq
+        angles = torch.cat([angles, angles], dim=-1)
+        return angles.cos(), angles.sin()
+
+    slow = ch04.check_rope_interpolated(slow_frequencies)
+    assert not slow.passed and "10000^(−2i/d_k)" in slow.message, slow.message
+    single = ch04.check_rope_interpolated(lambda T, d_k, L: hf_linear_scaling(T, d_k, L)[0])
+    assert not single.passed and "pair (cos, sin)" in single.message, single.message
+    transposed = ch04.check_rope_interpolated(lambda T, d_k, L: tuple(t.T for t in hf_linear_scaling(T, d_k, L)))
+    assert not transposed.passed and "shape" in transposed.message, transposed.message
+
+
+def test_partial_pairs_hints():
+    cases = [(3, "DO complete"), (4, "2π radians, not 1"), (11, "not 32"), (10, "not dimensions"),
+             (9, "only 8 rotation pairs"), (-1, "only 8 rotation pairs"), (7, "below 2π")]
+    for answer, words in cases:
+        result = ch04.check_n_partial_pairs(answer)
+        assert not result.passed and words in result.message, (answer, result.message)
+        assert str(PARTIAL_PAIRS) not in result.message.replace(f"got {answer}", "")  # the hint hides the answer
 
 
 def test_checkers_never_crash():
@@ -129,15 +155,18 @@ def test_checkers_never_crash():
     def hang(*args):
         time.sleep(60)
 
-    checks = (ch04.check_sinusoidal_table, ch04.check_rope_interleaved, ch04.check_alibi_slopes)
-    for check in checks:
+    for check in (ch04.check_rope_interleaved, ch04.check_rope_interpolated):
         for answer in (boom, None, 42, lambda *a: None, lambda *a: float("nan"), lambda *a: "text",
-                       lambda *a: torch.zeros(3, dtype=torch.long)):
+                       lambda *a: torch.zeros(3, dtype=torch.long), lambda *a: (None, None),
+                       lambda *a: (torch.zeros(2), "text")):
             result = check(answer)
             assert not result.passed and result.message
-    nan = ch04.check_sinusoidal_table(lambda T, d: torch.full((T, d), float("nan")))
-    assert not nan.passed and "NaN" in nan.message
+    nan = ch04.check_rope_interpolated(lambda T, d_k, L: tuple(torch.full((T, d_k), float("nan")) for _ in "cs"))
+    assert not nan.passed and "NaN" in nan.message, nan.message
+    for answer in (None, "5", 5.5, float("nan"), True, [5], torch.zeros(2), boom):
+        result = ch04.check_n_partial_pairs(answer)
+        assert not result.passed and "int" in result.message, (answer, result.message)
     started = time.monotonic()
-    hung = ch04.check_alibi_slopes(hang)
+    hung = ch04.check_rope_interpolated(hang)
     assert not hung.passed and "did not finish" in hung.message
     assert time.monotonic() - started < 15

@@ -3,12 +3,8 @@ import time
 
 import torch
 
+from transformer_course.attention import Attention
 from transformer_course.exercises import ch06
-
-
-def split_heads(x, n_heads):
-    B, T, d_model = x.shape
-    return x.view(B, T, n_heads, d_model // n_heads).transpose(1, 2)
 
 
 def merge_heads(x):
@@ -16,39 +12,76 @@ def merge_heads(x):
     return x.transpose(1, 2).reshape(B, T, h * d_k)
 
 
-def attention_flops(B, T, d_model, n_heads):
-    d_k = d_model // n_heads
-    return (2 * B * T * d_model * 3 * d_model + 2 * 2 * B * n_heads * T * T * d_k
-            + 2 * B * T * d_model * d_model)
+def mha_parameters(d_model, n_heads, d_k, d_v):
+    qk, v = n_heads * d_k, n_heads * d_v
+    return (d_model * qk + qk) * 2 + (d_model * v + v) + (v * d_model + d_model)
+
+
+GPT2_WEIGHTS_MIB = 4608  # 12 layers x 8 sequences x 12 heads x (1024 x 1024 x 4 bytes = 4 MiB)
 
 
 def test_reference_answers_pass():
-    assert ch06.check_split_heads(split_heads).passed
     assert ch06.check_merge_heads(merge_heads).passed
-    assert ch06.check_attention_flops(attention_flops).passed
-    assert ch06.check_split_heads(ch06.reference_split_heads).passed
     assert ch06.check_merge_heads(ch06.reference_merge_heads).passed
+    assert ch06.check_gpt2_weights_mib(GPT2_WEIGHTS_MIB).passed
+    assert ch06.check_gpt2_weights_mib(4608.0).passed
+    assert ch06.check_gpt2_weights_mib(torch.tensor(4608)).passed
+    assert ch06.check_mha_parameters(mha_parameters).passed
 
 
 def test_split_then_merge_is_the_identity():
     x = torch.randn(2, 5, 12)
-    assert torch.equal(merge_heads(split_heads(x, 3)), x)
+    assert torch.equal(merge_heads(ch06.reference_split_heads(x, 3)), x)
 
 
-def test_flop_formula_matches_flop_counter_and_ignores_h():
-    for h in (1, 2, 4, 8):
-        assert ch06.measured_attention_flops(2, 9, 32, h) == attention_flops(2, 9, 32, h)
-    assert len({ch06.measured_attention_flops(1, 9, 32, h) for h in (1, 2, 4, 8)}) == 1
+def test_parameter_reference_matches_the_module_and_the_formula():
+    for d, h in [(64, 4), (48, 6), (128, 8)]:
+        torch.manual_seed(0)
+        module = sum(p.numel() for p in Attention(d, h).parameters())
+        assert ch06.reference_mha_parameters(d, h, d // h, d // h) == module == 4 * d * d + 4 * d
+    # d_model 48, 6 heads, d_k 12, d_v 4: W_Q and W_K 48x72 + 72 each, W_V 48x24 + 24, W_O 24x48 + 48.
+    assert ch06.reference_mha_parameters(48, 6, 12, 4) == 2 * (48 * 72 + 72) + (48 * 24 + 24) + (24 * 48 + 48)
 
 
-def test_split_heads_hints():
-    no_transpose = ch06.check_split_heads(lambda x, h: x.view(x.shape[0], x.shape[1], h, -1))
-    assert not no_transpose.passed and "transpose(1, 2)" in no_transpose.message
-    direct = ch06.check_split_heads(lambda x, h: x.reshape(x.shape[0], h, x.shape[1], -1))
-    assert not direct.passed and "straight to (B, h, T, d_k)" in direct.message
-    interleaved = ch06.check_split_heads(
-        lambda x, h: x.view(x.shape[0], x.shape[1], -1, h).permute(0, 3, 1, 2))
-    assert not interleaved.passed and "interleaved" in interleaved.message
+def test_gpt2_hints():
+    def hint(answer):
+        result = ch06.check_gpt2_weights_mib(answer)
+        assert not result.passed
+        return result.message
+
+    assert "10^6" in hint(4608 * 2**20 / 1e6)
+    assert "bytes; give MiB" in hint(4608 * 2**20)
+    assert "GiB" in hint(4.5)
+    assert "all 12 layers and all 12 heads" in hint(384)
+    assert "left out the batch" in hint(576)
+    assert "that is half" in hint(2304)
+    assert "not 8" in hint(9216)
+    assert "(B, h, T, d_k)" in hint(288)
+    assert "count the entries" in hint(1234)
+    for answer in (4.5, 384, 576, 2304, 9216, 288, 1234):
+        assert "4608" not in hint(answer) and "4,608" not in hint(answer)
+    assert "give a number" in hint("4608")
+    assert "finite" in hint(float("inf"))
+
+
+def test_parameter_hints():
+    def hint(fn):
+        result = ch06.check_mha_parameters(fn)
+        assert not result.passed
+        return result.message
+
+    assert "4 d_model^2 + 4 d_model" in hint(lambda d, h, dk, dv: 4 * d * d + 4 * d)
+    assert "left out the biases" in hint(lambda d, h, dk, dv: 2 * d * h * dk + 2 * d * h * dv)
+    assert "not d_model x d_model" in hint(
+        lambda d, h, dk, dv: (d + 1) * (2 * h * dk + h * dv) + d * d + d)
+    assert "output projection" in hint(lambda d, h, dk, dv: (d + 1) * (2 * h * dk + h * dv))
+    assert "W_V projects to h*d_v" in hint(lambda d, h, dk, dv: (d + 1) * 3 * h * dk + h * dk * d + d)
+    assert "that counts one head" in hint(lambda d, h, dk, dv: (d + 1) * (2 * dk + dv) + dv * d + d)
+    assert "bias has d_model entries" in hint(
+        lambda d, h, dk, dv: (d + 1) * (2 * h * dk + h * dv) + h * dv * d + h * dv)
+    assert "one by one" in hint(lambda d, h, dk, dv: 7)
+    assert "return an int" in hint(lambda *a: "lots")
+    assert ch06.check_mha_parameters(lambda *a: float(mha_parameters(*a))).passed
 
 
 def test_merge_heads_hints():
@@ -60,22 +93,6 @@ def test_merge_heads_hints():
     assert not interleaved.passed and "interleaves" in interleaved.message
 
 
-def test_attention_flops_hints():
-    half = ch06.check_attention_flops(lambda *a: attention_flops(*a) // 2)
-    assert not half.passed and "2·m·n·k" in half.message
-    no_out = ch06.check_attention_flops(lambda B, T, d, h: attention_flops(B, T, d, h) - 2 * B * T * d * d)
-    assert not no_out.passed and "output projection" in no_out.message
-    one_proj = ch06.check_attention_flops(lambda B, T, d, h: attention_flops(B, T, d, h) - 4 * B * T * d * d)
-    assert not one_proj.passed and "three projections" in one_proj.message
-    one_matmul = ch06.check_attention_flops(lambda B, T, d, h: attention_flops(B, T, d, h) - 2 * B * T * T * d)
-    assert not one_matmul.passed and "two matmuls" in one_matmul.message
-    full_width = ch06.check_attention_flops(  # every head computed at width d_model instead of d_k
-        lambda B, T, d, h: 2 * B * T * d * 3 * d + 4 * B * h * T * T * d + 2 * B * T * d * d)
-    assert not full_width.passed and "d_k = d_model/h" in full_width.message
-    assert "return an int" in ch06.check_attention_flops(lambda *a: "lots").message
-    assert ch06.check_attention_flops(lambda *a: float(attention_flops(*a))).passed
-
-
 def test_checkers_never_crash():
     def boom(*args):
         raise RuntimeError("oops")
@@ -83,15 +100,18 @@ def test_checkers_never_crash():
     def hang(*args):
         time.sleep(60)
 
-    for check in (ch06.check_split_heads, ch06.check_merge_heads, ch06.check_attention_flops):
+    for check in (ch06.check_merge_heads, ch06.check_mha_parameters):
         for answer in (boom, None, 42, lambda *a: None, lambda *a: float("nan"), lambda *a: [1, 2]):
             result = check(answer)
             assert not result.passed and result.message
+        started = time.monotonic()
+        hung = check(hang)
+        assert not hung.passed and "did not finish" in hung.message
+        assert time.monotonic() - started < 15
+    for answer in (None, float("nan"), [4608], {"mib": 4608}, True, boom, torch.zeros(2)):
+        result = ch06.check_gpt2_weights_mib(answer)
+        assert not result.passed and result.message
     nan = ch06.check_merge_heads(lambda x: torch.full((x.shape[0], x.shape[2], x.shape[1] * x.shape[3]), float("nan")))
     assert not nan.passed and "NaN" in nan.message
-    ints = ch06.check_split_heads(lambda x, h: split_heads(x, h).long())
+    ints = ch06.check_merge_heads(lambda x: merge_heads(x).long())
     assert not ints.passed and "dtype" in ints.message
-    started = time.monotonic()
-    hung = ch06.check_split_heads(hang)
-    assert not hung.passed and "did not finish" in hung.message
-    assert time.monotonic() - started < 15

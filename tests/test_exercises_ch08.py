@@ -1,4 +1,5 @@
 """Chapter 8's checkers: the reference answers pass, typical mistakes get specific hints, nothing crashes."""
+import math
 import time
 
 import torch
@@ -11,23 +12,53 @@ def window_mask(T, window):
     return (j <= i) & (i - j < window)
 
 
-def strided(T, stride):
-    i, j = torch.arange(T)[:, None], torch.arange(T)[None, :]
-    return (j <= i) & ((i - j <= stride) | ((i - j) % stride == 0))
-
-
-def earliest_input(t, pattern, window):
-    if "global" in pattern:
+def earliest_input(t, windows):
+    if None in windows:
         return 0
-    return max(0, t - len(pattern) * (window - 1))
+    return max(0, t - sum(w - 1 for w in windows))
+
+
+def windowed_cache_bytes(T, windows, n_kv_heads, d_k, dtype_bytes):
+    per_position = 2 * n_kv_heads * d_k * dtype_bytes  # keys and values of one layer
+    return sum(per_position * (T if w is None else min(T, w)) for w in windows)
+
+
+# banded_attention pads T = 1000 to 16 chunks of 64 queries, each scored against 128 keys: worked by hand,
+# 1000 / 64 = 15.6 -> 16 chunks; 16 * 64 * 128 = 131,072.
+BANDED_SCORES = 131_072
 
 
 def test_reference_answers_pass():
     assert ch08.check_window_mask(window_mask).passed
     assert ch08.check_window_mask(lambda T, w: window_mask(T, w).int()).passed  # 0/1 masks are fine too
-    assert ch08.check_strided_mask(strided).passed
     assert ch08.check_earliest_input(earliest_input).passed
-    assert ch08.check_earliest_input(lambda t, p, w: torch.tensor(earliest_input(t, p, w))).passed
+    assert ch08.check_earliest_input(lambda t, ws: torch.tensor(earliest_input(t, ws))).passed
+    assert ch08.check_earliest_input(lambda t, ws: float(earliest_input(t, ws))).passed
+    assert ch08.check_banded_scores(BANDED_SCORES).passed
+    assert ch08.check_banded_scores(torch.tensor(BANDED_SCORES)).passed
+    assert ch08.check_windowed_cache_bytes(windowed_cache_bytes).passed
+
+
+def test_banded_scores_is_what_banded_attention_really_forms():
+    # measure the scores tensor of the package's banded_attention (independent of the checker's formula)
+    from torch.overrides import TorchFunctionMode
+
+    from transformer_course.sparse_attention import banded_attention
+
+    sizes = []
+
+    class Record(TorchFunctionMode):
+        def __torch_function__(self, func, types, args=(), kwargs=None):
+            out = func(*args, **(kwargs or {}))
+            if func in (torch.matmul, torch.Tensor.__matmul__, torch.Tensor.matmul):
+                sizes.append(out.numel())
+            return out
+
+    q = torch.zeros(1, 1, 1000, 4)
+    with Record():
+        banded_attention(q, q, q, 64)
+    assert max(sizes) == BANDED_SCORES
+    assert math.ceil(1000 / 64) * 64 * 128 == BANDED_SCORES
 
 
 def test_window_mask_hints():
@@ -47,56 +78,81 @@ def test_window_mask_hints():
     check(lambda T, w: window_mask(T + 1, w), "shape")
 
 
-def test_strided_mask_hints():
-    def check(fn, text):
-        result = ch08.check_strided_mask(fn)
-        assert not result.passed and text in result.message, result.message
-
-    def parts(T, l):
-        i, j = torch.arange(T)[:, None], torch.arange(T)[None, :]
-        return i, j, j <= i
-
-    def local_only(T, l):
-        i, j, causal = parts(T, l)
-        return causal & (i - j <= l)
-
-    def strided_only(T, l):
-        i, j, causal = parts(T, l)
-        return causal & ((i - j) % l == 0)
-
-    def columns(T, l):
-        i, j, causal = parts(T, l)
-        return causal & ((i - j <= l) | (j % l == 0))
-
-    check(local_only, "only the local part")
-    check(strided_only, "only the strided part")
-    check(columns, "(i - j) % stride")
-    check(lambda T, l: local_only(T, l) & strided_only(T, l), "union")
-    check(lambda T, l: strided(T, l) | torch.ones(T, T, dtype=torch.bool).triu(1), "later key")
-
-
 def test_earliest_input_hints():
     def check(fn, text):
         result = ch08.check_earliest_input(fn)
         assert not result.passed and text in result.message, result.message
+        assert str(result).count("\n") == 0
 
-    check(lambda t, p, w: t - len(p) * (w - 1) if "global" not in p else 0, "max(0")
-    check(lambda t, p, w: max(0, t - len(p) * w) if "global" not in p else 0, "window-1 positions back")
-    check(lambda t, p, w: max(0, t - len(p) * (w - 1)), "global")
-    check(lambda t, p, w: max(0, t - (w - 1)) if "global" not in p else 0, "each of the")
-    check(lambda t, p, w: earliest_input(t, p, w) + 0.5, "return an int")
-    assert ch08.check_earliest_input(lambda t, p, w: float(earliest_input(t, p, w))).passed
+    def local_only(rule):  # the right answer for global layers, a mistake for local ones
+        return lambda t, ws: 0 if None in ws else rule(t, ws)
+
+    check(local_only(lambda t, ws: t - sum(w - 1 for w in ws)), "max(0")
+    check(local_only(lambda t, ws: max(0, t - sum(ws))), "w - 1 positions back")
+    check(local_only(lambda t, ws: max(0, t - len(ws) * (ws[0] - 1))), "different windows")
+    check(local_only(lambda t, ws: max(0, t - len(ws) * (max(ws) - 1))), "different windows")
+    check(local_only(lambda t, ws: max(0, t - (ws[-1] - 1))), "one layer's reach")
+    check(lambda t, ws: max(0, t - sum(w - 1 for w in ws if w is not None)), "global layer")
+    check(lambda t, ws: max(0, t - sum(w - 1 for w in ws)), "None is a global layer")  # TypeError on None
+    check(lambda t, ws: earliest_input(t, ws) + 0.5, "return an int")
+    check(lambda t, ws: str(earliest_input(t, ws)), "return an int")
+
+
+def test_banded_scores_hints():
+    def check(answer, text):
+        result = ch08.check_banded_scores(answer)
+        assert not result.passed and text in result.message, result.message
+        assert "131,072" not in result.message and "131072" not in result.message  # never the answer
+
+    check(1000 * 1000, "full T x T")
+    check(1000 * 1001 // 2, "causal triangle")
+    check(2 * 1000 * 64, "divides into chunks")  # 2 T w: forgot the padding of the last chunk
+    check(64 * 1000 - 64 * 63 // 2, "pairs the softmax keeps")
+    check(1000 * 64, "pairs the softmax keeps")
+    check(16 * 64 * 64, "the one before it")
+    check(15 * 64 * 128, "not dropped")
+    check(4 * BANDED_SCORES, "one batch element and one head")
+    check(12345, "ceil(T / window)")
+    check(None, "return an int")
+    check("131072", "return an int")
+    check(float("nan"), "return an int")
+
+
+def test_windowed_cache_bytes_hints():
+    def check(fn, text):
+        result = ch08.check_windowed_cache_bytes(fn)
+        assert not result.passed and text in result.message, result.message
+
+    def slots(rule):
+        def fn(T, windows, n_kv_heads, d_k, dtype_bytes):
+            return sum(2 * n_kv_heads * d_k * dtype_bytes * (T if w is None else rule(T, w)) for w in windows)
+        return fn
+
+    check(slots(lambda T, w: T), "rolling buffer")
+    check(slots(lambda T, w: w), "min(T, window)")
+    check(slots(lambda T, w: min(T, w - 1)), "holds `window` positions")
+    check(lambda *a: windowed_cache_bytes(*a) // 2, "keys AND values")
+    check(lambda T, ws, h, d, b: windowed_cache_bytes(T, ws, h, d, 1), "dtype_bytes")
+    check(lambda T, ws, h, d, b: windowed_cache_bytes(T, [w for w in ws if w is not None], h, d, b),
+          "global layers (None) have a cache too")
+    check(lambda *a: windowed_cache_bytes(*a) + 1, "Add up the layers")
+    check(lambda *a: windowed_cache_bytes(*a) / 7, "return an int")
 
 
 def test_checkers_never_crash():
     def boom(*args):
         raise RuntimeError("oops")
 
-    for check in (ch08.check_window_mask, ch08.check_strided_mask, ch08.check_earliest_input):
-        for answer in (boom, lambda *a: None, lambda *a: "mask", lambda *a: torch.full((3, 3), float("nan")), 42):
+    functions = (ch08.check_window_mask, ch08.check_earliest_input, ch08.check_windowed_cache_bytes)
+    for check in functions:
+        for answer in (boom, lambda *a: None, lambda *a: "mask", lambda *a: torch.full((3, 3), float("nan")), 42,
+                       None, lambda *a: float("nan"), lambda *a: float("inf")):
             result = check(answer)
             assert not result.passed and isinstance(result.message, str)
         assert "raised RuntimeError" in check(boom).message
+    for answer in (None, "x", float("nan"), float("inf"), [1], torch.zeros(2), -5, boom, True):
+        result = ch08.check_banded_scores(answer)
+        assert not result.passed and isinstance(result.message, str)
 
 
 def test_a_hanging_function_times_out(monkeypatch):
@@ -104,7 +160,10 @@ def test_a_hanging_function_times_out(monkeypatch):
 
     original = base.run_with_timeout
     monkeypatch.setattr(ch08, "run_with_timeout", lambda fn, *a, **k: original(fn, *a, timeout=0.2, **k))
-    start = time.perf_counter()
-    result = ch08.check_window_mask(lambda T, w: time.sleep(5))
-    assert not result.passed and "did not finish" in result.message
-    assert time.perf_counter() - start < 3
+    for check, hang in ((ch08.check_window_mask, lambda T, w: time.sleep(5)),
+                        (ch08.check_earliest_input, lambda t, ws: time.sleep(5)),
+                        (ch08.check_windowed_cache_bytes, lambda *a: time.sleep(5))):
+        start = time.perf_counter()
+        result = check(hang)
+        assert not result.passed and "did not finish" in result.message
+        assert time.perf_counter() - start < 3

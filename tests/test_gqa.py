@@ -1,10 +1,12 @@
 """gqa.py (Chapter 7): KV-cache bytes, repeat_kv, mean-pool conversion; references: SDPA enable_gqa, HF Llama."""
+import json
+
 import pytest
 import torch
 import torch.nn.functional as F
 
 from transformer_course.attention import Attention, attention
-from transformer_course.gqa import kv_cache_bytes, main, mean_pool_kv_heads, mha_to_gqa, repeat_kv
+from transformer_course.gqa import held_out_loss, kv_cache_bytes, main, mean_pool_kv_heads, mha_to_gqa, repeat_kv
 from transformer_course.hf import from_hf, to_hf_state_dict
 from transformer_course.model import GPT, GPTConfig, KVCache
 
@@ -141,7 +143,55 @@ def test_uptrain_command_runs(tmp_path, capsys):
 
     model, _, meta = load_checkpoint(out)
     assert model.config.h_kv == 2 and meta["steps"] == 2 and meta["source"] == "tiny"
+    assert meta["train_config"]["seed"] == 1 and not meta["control"]
     assert "right after" in capsys.readouterr().out
+
+
+def test_uptrain_control_results(tmp_path, monkeypatch, capsys):
+    """--control --results: no conversion, no weights, a JSON named after the seed in the results folder."""
+    import transformer_course.train as train_module
+
+    monkeypatch.setattr(train_module, "RESULTS_DIR", tmp_path)
+    assert main(["--uptrain", "--control", "--seed", "3", "--steps", "1", "--results", "--no-progress"]) == 0
+    record = json.loads((tmp_path / "tiny-control-seed3.json").read_text())
+    assert record["control"] and record["n_kv_heads"] == 4 and record["model_config"]["n_kv_heads"] == 4
+    assert record["train_config"]["seed"] == 3 and record["steps"] == 1 and "--control" in record["command"]
+    held_out = record["held_out_loss"]
+    assert held_out["source"] == held_out["converted"]  # a control is not converted: the same model
+    assert record["source_val_loss"] == record["converted_val_loss"]
+    assert [row["step"] for row in record["history"]] == [0, 1]
+    assert list(tmp_path.glob("*.pt")) == []
+    assert "control" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("args, message", [(["--control", "--n-kv-heads", "1"], "leave out"),
+                                           (["--n-kv-heads", "3"], "divide"), (["--steps", "0"], "steps")])
+def test_uptrain_command_refuses(args, message, capsys):
+    with pytest.raises(SystemExit):
+        main(["--uptrain", *args])
+    assert message in capsys.readouterr().err
+
+
+def test_held_out_loss():
+    from transformer_course.data import held_out_split
+    from transformer_course.tokenization import load_course_tokenizer
+
+    tokenizer = load_course_tokenizer()
+    model = GPT(GPTConfig(vocab_size=tokenizer.vocab_size, n_layers=1, n_heads=2, d_model=16,
+                          context_length=32)).train()
+    ids = torch.tensor(tokenizer.encode(held_out_split(2_000).text, allowed_special="all"))
+    n = (len(ids) - 1) // 32 * 32
+    with torch.no_grad():
+        expected = model.eval()(ids[:n].view(-1, 32), ids[1: n + 1].view(-1, 32))[1].item()
+    model.train()
+    assert held_out_loss(model, tokenizer, 2_000) == pytest.approx(expected, rel=1e-6)
+    assert model.training  # the mode is restored
+    with pytest.raises(ValueError, match="model"):
+        held_out_loss(torch.nn.Linear(2, 2), tokenizer)
+    with pytest.raises(ValueError, match="n_chars"):
+        held_out_loss(model, tokenizer, 0)
+    with pytest.raises(ValueError, match="tokenizer"):
+        held_out_loss(model, "gpt2")
 
 
 @pytest.mark.parametrize("h_kv", [8, 4, 2, 1])
@@ -156,3 +206,14 @@ def test_package_attention_groups_like_repeat_kv_and_sdpa(h_kv, Tq, Tk, causal):
     if not causal or Tq == Tk:
         ref = F.scaled_dot_product_attention(q, k, v, is_causal=causal, enable_gqa=True)
         torch.testing.assert_close(out, ref, atol=1e-6, rtol=1e-5)
+
+
+def test_repeat_kv_copies_only_when_it_must():
+    """h_kv = 1 (or n_rep = 1): a view of x, stride 0 across the repeated heads; otherwise a copy."""
+    x = torch.randn(2, 1, 5, 4)
+    one = repeat_kv(x, 3)
+    assert one.stride(1) == 0 and one.untyped_storage().data_ptr() == x.untyped_storage().data_ptr()
+    assert repeat_kv(x, 1).untyped_storage().data_ptr() == x.untyped_storage().data_ptr()
+    many = torch.randn(2, 2, 5, 4)
+    assert repeat_kv(many, 3).untyped_storage().data_ptr() != many.untyped_storage().data_ptr()
+    assert torch.equal(repeat_kv(x, 3), x.repeat_interleave(3, dim=1))

@@ -8,6 +8,7 @@ from torch.overrides import TorchFunctionMode
 from transformer_course.attention import attention, attention_weights
 from transformer_course.model import GPT, GPTConfig
 from transformer_course.sparse_attention import (
+    RollingKVCache,
     banded_attention,
     causal_mask,
     fixed_mask,
@@ -159,8 +160,62 @@ def test_one_global_layer_restores_the_full_field():
         (lambda: banded_attention(torch.zeros(1, 2, 3), torch.zeros(1, 2, 3), torch.zeros(1, 2, 3), 2), "4-D"),
         (lambda: banded_attention(*qkv(1, 2, 4, 8)[:2], torch.zeros(1, 1, 4, 8), 2), "same shape"),
         (lambda: banded_attention(*qkv(1, 2, 4, 8), 1.5), "window"),
+        (lambda: RollingKVCache(1, 2, 0, 8), "window"),
+        (lambda: RollingKVCache(1, 2, 4, 8, dtype=torch.long), "dtype"),
+        (lambda: RollingKVCache(1, 2, 4, 8).update(torch.zeros(1, 2, 2, 8), torch.zeros(1, 2, 2, 8)), "one new"),
+        (lambda: RollingKVCache(1, 2, 4, 8).update(torch.zeros(1, 1, 1, 8), torch.zeros(1, 1, 1, 8)), "k"),
+        (lambda: RollingKVCache(1, 2, 4, 8).update(torch.zeros(1, 2, 1, 8), torch.zeros(1, 2, 1, 8).double()), "v"),
     ],
 )
 def test_bad_arguments_raise_value_errors_naming_them(call, message):
     with pytest.raises(ValueError, match=message):
         call()
+
+
+def band_reference(q, k, v, window):
+    """PyTorch's fused attention with a band written out cell by cell; k, v repeated for grouped heads."""
+    T, r = q.shape[2], q.shape[1] // k.shape[1]
+    band = torch.tensor([[i - window < j <= i for j in range(T)] for i in range(T)])
+    k, v = (t.repeat_interleave(r, dim=1) for t in (k, v))
+    return F.scaled_dot_product_attention(q, k, v, attn_mask=band)
+
+
+@pytest.mark.parametrize("T,window,h,h_kv", [(37, 5, 4, 2), (6, 10, 2, 2), (12, 1, 2, 1), (16, 16, 2, 2)])
+def test_decoding_with_a_rolling_cache_is_sliding_window_attention(T, window, h, h_kv):
+    g = torch.Generator().manual_seed(5)
+    q = torch.randn(2, h, T, 8, generator=g)
+    k, v = (torch.randn(2, h_kv, T, 8, generator=g) for _ in range(2))
+    cache = RollingKVCache(2, h_kv, window, 8)
+    outs = []
+    for t in range(T):  # one token at a time, as in generation
+        keys, values = cache.update(k[:, :, t : t + 1], v[:, :, t : t + 1])
+        assert keys.shape == (2, h_kv, min(t + 1, window), 8)
+        outs.append(attention(q[:, :, t : t + 1], keys, values))  # no mask: every cached key is in the window
+    torch.testing.assert_close(torch.cat(outs, dim=2), band_reference(q, k, v, window), atol=1e-5, rtol=0)
+
+
+def test_the_rolling_cache_keeps_the_last_window_positions_in_slot_p_mod_window():
+    T, window = 23, 4
+    cache = RollingKVCache(1, 1, window, 1)
+    for p in range(T):
+        position = torch.full((1, 1, 1, 1), float(p))
+        cache.update(position, -position)
+    assert cache.length == T and cache.k.shape == (1, 1, window, 1)  # memory does not grow with T
+    for p in range(T - window, T):
+        assert cache.k[0, 0, p % window, 0] == p and cache.v[0, 0, p % window, 0] == -p
+
+
+def test_the_local_configs_are_small_tied_with_a_window_and_their_results_match_them():
+    import dataclasses
+
+    from transformer_course.train import CONFIGS, load_results
+
+    base_model, base_schedule = CONFIGS["small-tied"]
+    for name, pattern in (("local-all", ("local", "local")), ("local-alternating", ("local", "global"))):
+        model_config, schedule = CONFIGS[name]
+        assert schedule == base_schedule  # same steps, batches, learning rate and seed
+        assert model_config == dataclasses.replace(base_model, attention_window=8, layer_pattern=pattern)
+        for run in (name, f"{name}-seed1"):  # the shipped results were made with this very config
+            results = load_results(run)
+            assert GPTConfig.from_dict(results["model_config"]) == model_config  # later fields: defaults
+            assert results["steps"] == schedule.steps and results["config_name"] == name

@@ -4,9 +4,9 @@ Masks, bool `(T, T)`, True = query i (row) may attend to key j (column), always 
 
 - `sliding_window_mask(T, window)`: itself and the window-1 keys before it (local attention; the same band as
   `attention(..., causal=True, window=window)`);
-- `strided_mask(T, stride)`: Child et al. (2019) §4.2 "strided": the previous `stride` positions and every
+- `strided_mask(T, stride)`: Child et al. (2019) §4 "strided": the previous `stride` positions and every
   stride-th position before them, A1 = {max(0, i - l), ..., i} union A2 = {j : (i - j) mod l = 0};
-- `fixed_mask(T, stride, c)`: Child et al. (2019) §4.2 "fixed": the positions of one's own block of `stride`,
+- `fixed_mask(T, stride, c)`: Child et al. (2019) §4 "fixed": the positions of one's own block of `stride`,
   A1 = {j : floor(j / l) = floor(i / l)}, and the last `c` positions of every block, A2 = {j : j mod l >= l - c}.
 
 Child et al. split the two halves of a pattern over heads or layers (factorized attention); the masks here
@@ -16,9 +16,18 @@ return their union, the set one "merged" head attends to. Use any of them as `at
 `banded_attention(q, k, v, window)` computes the same as `attention(q, k, v, causal=True, window=window)`
 but in time and memory linear in T: queries in chunks of `window`, each chunk against the keys of its own and
 the previous chunk only, so it forms `(T / window) x window x 2 window` scores instead of `T x T`.
+`RollingKVCache(batch_size, n_kv_heads, window, d_k)` is the KV cache of one sliding-window layer when decoding
+one token at a time: Mistral 7B's rolling buffer (Jiang et al. 2023, §2). It holds `window` positions whatever
+the length of the sequence, the token at position p in slot p % window.
+
+Window convention: `window` counts the query itself (keys j with i - window < j <= i), like Hugging Face's
+Mistral port; Mistral's paper and the prefill mask of its reference code let position i see i - W .. i, which
+is window = W + 1 here.
+
 Leaves out: block-sparse kernels for the strided and fixed patterns (they run as dense masks here),
 grouped-query heads, padding masks and KV-cached decoding in `banded_attention` (the model's attention handles
-those), and the custom GPU kernels that make sparse patterns fast in practice.
+those), prefilling a `RollingKVCache` with a whole prompt (Mistral's chunked pre-fill), and the custom GPU
+kernels that make sparse patterns fast in practice.
 """
 import math
 
@@ -135,3 +144,42 @@ def banded_attention(q, k, v, window: int, *, scale=None) -> torch.Tensor:
     weights = torch.softmax(scores, dim=-1)  # every query sees at least itself: no empty rows
     out = weights @ v2  # (B, h, n, w, d_k)
     return out.reshape(B, h, n * w, d_k)[:, :, :T]
+
+
+class RollingKVCache:
+    """The KV cache of one sliding-window layer, `window` slots: Mistral 7B's rolling buffer (Jiang et al. 2023, §2).
+
+    Decoding one token at a time, the token at position p goes to slot p % window, over position p - window,
+    which no query from p on may see (a query sees itself and the window-1 keys before it). So k, v stay
+    `(B, h_kv, window, d_k)` however long the sequence grows, where a full cache grows by one position per
+    token. The slots are not in position order; attention does not care (it sums over keys), and every
+    cached key lies inside the newest query's window, so decoding needs no mask.
+    """
+
+    def __init__(self, batch_size, n_kv_heads, window, d_k, *, device=None, dtype=torch.float32):
+        for name, value in dict(batch_size=batch_size, n_kv_heads=n_kv_heads, window=window, d_k=d_k).items():
+            check_int(name, value)
+        check_float_dtype("dtype", dtype)
+        device = None if device is None else check_device("device", device)
+        self.k = torch.zeros(batch_size, n_kv_heads, window, d_k, device=device, dtype=dtype)
+        self.v = torch.zeros_like(self.k)
+        self.length = 0  # positions seen so far
+
+    @property
+    def window(self) -> int:
+        return self.k.shape[2]
+
+    def update(self, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Write the newest token's k, v `(B, h_kv, 1, d_k)`; return all cached k, v `(B, h_kv, n, d_k)`.
+
+        n = min(length, window): the newest token and the window-1 before it (fewer at the start).
+        """
+        B, h_kv, _, d_k = self.k.shape
+        for name, t in (("k", k), ("v", v)):
+            check_tensor(f"{name} (one new token)", t, (B, h_kv, 1, d_k), self.k.dtype, self.k.device)
+        slot = self.length % self.window  # the oldest position, the one that just left the window
+        self.k[:, :, slot] = k[:, :, 0]
+        self.v[:, :, slot] = v[:, :, 0]
+        self.length += 1
+        filled = min(self.length, self.window)
+        return self.k[:, :, :filled], self.v[:, :, :filled]

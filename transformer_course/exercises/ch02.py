@@ -1,144 +1,18 @@
-"""Checkers for Chapter 2, "Tokenization". Each takes the reader's function and never raises.
+"""Checkers for Chapter 2, "Tokenization". Each takes the reader's answer and never raises.
 
-The reader writes the three pieces of byte-level BPE: counting adjacent pairs (`get_stats`), replacing a pair by
-a new id (`merge`), and encoding text with a learned merge table (`encode`). The package's own versions in
-`transformer_course.tokenization` are the reference answers.
+The exercises: encoding with a learned merge table (`encode`, the warm-up, which retypes the chapter's
+`encode_by_hand`), the training loop extended to special tokens that are never merged and never merged
+across (`train_with_specials`, a case the chapter does not show), and how many merges a run of one repeated
+byte allows (`merges_for_run`, a number to derive). The package's `tokenization` module gives the reference
+answers.
 """
-import random
-
-from ..tokenization import BPETokenizer, get_stats, merge, train_fast
-from .base import CheckResult, checker, run_with_timeout
+from ..tokenization import BPETokenizer, get_stats, merge, train_fast, train_naive
+from .base import CheckResult, as_int, checker, run_with_timeout
 
 
 def _short(value, limit: int = 90) -> str:
     text = repr(value)
     return text if len(text) <= limit else text[:limit - 3] + "..."
-
-
-def _stats_cases() -> list[list[int]]:
-    rng = random.Random(2)
-    return [[1, 2, 1, 2, 3], [1, 2, 3, 1, 2], [7, 7, 7, 7], [5], [], list("hello world".encode("utf-8")),
-            [rng.randrange(6) for _ in range(200)]]
-
-
-# --------------------------------------------------------------------------------------------------------
-# get_stats
-
-
-@checker
-def check_get_stats(fn) -> CheckResult:
-    """`fn(ids) -> {(id1, id2): count}`: how often each adjacent pair occurs in the list `ids`."""
-    for ids in _stats_cases():
-        given = list(ids)
-        got, problem = run_with_timeout(fn, given)
-        if problem is not None:
-            return problem
-        expected = get_stats(ids)
-        if given != ids:
-            return CheckResult(False, "your function changed the list it was given; only read it")
-        if got is None:
-            return CheckResult(False, "your function returned None; did you forget to `return` the counts?")
-        if isinstance(got, (list, tuple)):
-            return CheckResult(False, f"return a dict mapping each pair (id1, id2) to its count, got a "
-                                      f"{type(got).__name__}; collect the pairs into a dict (or a Counter)")
-        if not isinstance(got, dict):
-            return CheckResult(False, f"return a dict mapping each pair (id1, id2) to its count, got "
-                                      f"{type(got).__name__}")
-        if dict(got) == expected:
-            continue
-        bad_keys = [k for k in got if not (isinstance(k, tuple) and len(k) == 2)]
-        if bad_keys:
-            return CheckResult(False, f"the keys must be pairs (id1, id2) as tuples, got the key "
-                                      f"{_short(bad_keys[0])}")
-        return CheckResult(False, f"for ids = {_short(ids, 40)}: " + _stats_hint(ids, dict(got), expected))
-    return CheckResult(True, "your counts match get_stats on every test list, overlapping pairs included")
-
-
-def _skipping_overlaps(ids) -> dict:
-    """A typical mistake: after counting a pair of equal ids, jump past both, so (7, 7, 7) counts (7, 7) once."""
-    counts, i = {}, 0
-    while i < len(ids) - 1:
-        pair = (ids[i], ids[i + 1])
-        counts[pair] = counts.get(pair, 0) + 1
-        i += 2 if pair[0] == pair[1] else 1
-    return counts
-
-
-def _stats_hint(ids, got, expected) -> str:
-    if got == _skipping_overlaps(ids):
-        return ("a count is too small: count overlapping pairs too, [7, 7, 7, 7] holds (7, 7) three times "
-                "(do not skip ahead after a match)")
-    if set(got) == set(expected) and all(v == 1 for v in got.values()):
-        return "every pair is counted once; count every occurrence (add 1 each time you meet the pair)"
-    if ids and got == get_stats(ids[:-1]):
-        return "the last pair is missing: pair each id with its successor, zip(ids, ids[1:])"
-    if len(ids) > 1 and got == get_stats(ids + ids[:1]):
-        return "the last id has no successor: do not wrap around to the first one"
-    if got and all(isinstance(k, tuple) and len(k) == 2 for k in got) and set(got) - set(expected):
-        pair = sorted(set(got) - set(expected))[0]
-        return f"the pair {pair} is not adjacent anywhere in ids; count only neighbours ids[i], ids[i + 1]"
-    return f"expected {_short(expected)}, got {_short(got)}"
-
-
-# --------------------------------------------------------------------------------------------------------
-# merge
-
-
-def _merge_cases() -> list[tuple[list[int], tuple[int, int], int]]:
-    rng = random.Random(3)
-    long = [rng.randrange(4) for _ in range(300)]
-    return [([1, 2, 3, 1, 2], (1, 2), 4), ([1, 2, 3], (1, 2), 9), ([1, 1, 1], (1, 1), 9),
-            ([1, 1, 1, 1], (1, 1), 9), ([3, 5, 6], (5, 6), 7), ([], (1, 2), 3), ([3], (1, 2), 4),
-            ([3, 4], (1, 2), 5), (long, (2, 2), 256), (long, (0, 1), 257)]
-
-
-@checker
-def check_merge(fn) -> CheckResult:
-    """`fn(ids, pair, idx) -> new ids`: every occurrence of `pair` in `ids`, left to right, replaced by `idx`."""
-    for ids, pair, idx in _merge_cases():
-        given = list(ids)
-        got, problem = run_with_timeout(fn, given, pair, idx)
-        if problem is not None:
-            return problem
-        expected = merge(ids, pair, idx)
-        if got is None:
-            if given != ids:
-                return CheckResult(False, "you changed the list in place but returned None; return the new list")
-            return CheckResult(False, "your function returned None; did you forget to `return` the new list?")
-        if isinstance(got, tuple):
-            got = list(got)
-        if not isinstance(got, list):
-            return CheckResult(False, f"return a list of ids, got {type(got).__name__}")
-        if got == expected:
-            continue
-        where = f"merge({_short(ids, 40)}, {pair}, {idx})"
-        return CheckResult(False, f"{where}: " + _merge_hint(ids, pair, idx, got, expected))
-    return CheckResult(True, "every occurrence replaced, left to right, overlaps and the last id handled")
-
-
-def _first_only(ids, pair, idx):
-    for i in range(len(ids) - 1):
-        if (ids[i], ids[i + 1]) == pair:
-            return ids[:i] + [idx] + ids[i + 2:]
-    return list(ids)
-
-
-def _merge_hint(ids, pair, idx, got, expected) -> str:
-    if got == ids:
-        return (f"nothing was replaced (expected {_short(expected)}): look for positions i where "
-                f"(ids[i], ids[i + 1]) == pair")
-    if got == _first_only(ids, pair, idx):
-        return f"only the first occurrence was replaced; replace every one (expected {_short(expected)})"
-    if ids and got == expected[:-1] and expected[-1] == ids[-1]:
-        return (f"the last id is missing (got {_short(got)}, expected {_short(expected)}): when no pair starts "
-                f"at the last position, still append that id")
-    if pair[0] == pair[1] and pair[0] in ids:
-        return (f"got {_short(got)}, expected {_short(expected)}: scan left to right and, after a match, skip "
-                f"both ids of the pair (i += 2), so merge([1, 1, 1], (1, 1), 9) is [9, 1]")
-    if len(got) == len(ids) and idx in got:
-        return (f"got {_short(got)}: a matched pair must become ONE id; skip the second id of the pair "
-                f"(expected {_short(expected)})")
-    return f"expected {_short(expected)}, got {_short(got)}"
 
 
 # --------------------------------------------------------------------------------------------------------
@@ -214,3 +88,174 @@ def _encode_hint(text, merges, got, expected) -> str:
         return (f"{len(got)} ids, expected {len(expected)}: some merges were not applied; keep merging until no "
                 f"adjacent pair is in the table (expected {_short(expected)})")
     return f"expected {_short(expected)}, got {_short(got)}"
+
+
+# --------------------------------------------------------------------------------------------------------
+# train_with_specials: the training loop when special tokens are never merged and never merged across
+
+
+def _learn(sequences, n_merges, tie="smallest"):
+    """BPE on several id sequences counted together; merges never cross from one sequence to the next.
+
+    `tie="first"` breaks ties by the pair met first (a typical alternative to the chapter's smallest pair).
+    """
+    sequences, merges = [list(s) for s in sequences], {}
+    for k in range(n_merges):
+        stats = {}
+        for ids in sequences:
+            get_stats(ids, stats)
+        if not stats:
+            break
+        if tie == "first":
+            pair = max(stats, key=stats.get)
+        else:
+            pair = min(stats, key=lambda p: (-stats[p], p))
+        sequences = [merge(ids, pair, 256 + k) for ids in sequences]
+        merges[pair] = 256 + k
+    return merges
+
+
+def _cut(text, specials):
+    """The pieces of `text` between its special tokens (all of them, longest first), as byte sequences."""
+    pieces = [text]
+    for s in sorted(specials, key=len, reverse=True):
+        pieces = [part for piece in pieces for part in piece.split(s)]
+    return [list(p.encode("utf-8")) for p in pieces if p]
+
+
+def _specials_cases():
+    from ..data import synthetic_corpus
+
+    eot = "<|endoftext|>"
+    chat = ("<|user|>", "<|assistant|>")
+    return [
+        ("the end.<|endoftext|>The end. The cat.<|endoftext|>The cat sat.", 12, (eot,)),
+        (synthetic_corpus(2_000, seed=5), 40, (eot,)),
+        ("<|user|>hi there!<|assistant|>hello there!<|user|>bye.<|assistant|>bye bye.", 14, chat),
+        ("<|endoftext|><|endoftext|>aaaa<|endoftext|>aaab<|endoftext|>", 3, (eot,)),
+    ]
+
+
+def _as_merges(got):
+    """The reader's answer as a dict {(id1, id2): new_id}, or a CheckResult saying why it is not one."""
+    if got is None:
+        return CheckResult(False, "your function returned None; did you forget to `return` the merges?")
+    if isinstance(got, (list, tuple)) and all(isinstance(p, (list, tuple)) and len(p) == 2 for p in got):
+        got = {tuple(p): 256 + k for k, p in enumerate(got)}  # a list of pairs in learning order is fine too
+    if not isinstance(got, dict):
+        return CheckResult(False, f"return a dict {{(id1, id2): new_id}} in learning order, like train_by_hand, "
+                                  f"got {type(got).__name__}")
+    pairs = list(got)
+    if not all(isinstance(p, tuple) and len(p) == 2 and all(isinstance(i, int) for i in p) for p in pairs):
+        return CheckResult(False, f"the keys must be pairs of int ids (id1, id2), got {_short(pairs[:3])}")
+    if list(got.values()) != [256 + k for k in range(len(got))]:
+        return CheckResult(False, f"new ids must be 256, 257, ... in the order the merges were learned, got "
+                                  f"{_short(list(got.values())[:6])}")
+    return got
+
+
+def _specials_hint(text, n, specials, got, expected) -> str:
+    def same(merges):
+        return list(got.items()) == list(merges.items())
+
+    raw = list(text.encode("utf-8"))
+    if same(_learn([raw], n)):
+        return ("these are the merges of the raw text: the special tokens' own characters were counted and merged "
+                "('<', '|', ...); cut the text at every special token first")
+    for filler in ("", " ", "\n"):
+        glued = text
+        for s in specials:
+            glued = glued.replace(s, filler)
+        if same(_learn([list(glued.encode("utf-8"))], n)):
+            what = "deleting" if not filler else f"replacing by {filler!r}"
+            return (f"{what} each special token joins the text on its two sides into one sequence, so pairs are "
+                    f"counted across the place where it stood; keep the pieces between special tokens apart")
+    if len(specials) > 1 and same(_learn(_cut(text, specials[:1]), n)):
+        return f"only {specials[0]!r} was taken out; every special token in the list must be"
+    if same(_learn(_cut(text, specials), n, tie="first")):
+        return "a tie went to the pair met first; like the chapter, take the smallest pair (id1, id2) among ties"
+    if len(got) != len(expected):
+        return f"{len(got)} merges, expected {n}: learn exactly n_merges merges"
+    k = next(i for i, (a, b) in enumerate(zip(got, expected)) if a != b)
+    return (f"merge {k} differs: got {list(got)[k]}, expected {list(expected)[k]}; count the pairs of every piece "
+            f"between special tokens, together")
+
+
+@checker
+def check_train_with_specials(fn) -> CheckResult:
+    """`fn(text, n_merges, special_tokens) -> {(id1, id2): new_id}`: BPE with special tokens cut out.
+
+    No pre-split; no merge contains a special token or spans the place where one stood; ties: smallest pair.
+    The reference is the package's `train_naive(..., pattern=None)`.
+    """
+    for text, n, specials in _specials_cases():
+        reference = train_naive(text, 256 + n + len(specials), special_tokens=specials, pattern=None)
+        expected = dict(reference.merges)
+        got, problem = run_with_timeout(fn, text, n, specials)
+        if problem is not None:
+            return problem
+        got = _as_merges(got)
+        if isinstance(got, CheckResult):
+            return got
+        if list(got.items()) != list(expected.items()):
+            where = f"for {_short(text, 40)} with {n} merges and special tokens {list(specials)}"
+            return CheckResult(False, f"{where}: " + _specials_hint(text, n, specials, got, expected))
+    return CheckResult(True, "special tokens are never merged and never merged across: the merges of train_naive")
+
+
+# --------------------------------------------------------------------------------------------------------
+# merges_for_run: how many merges does a run of n identical bytes allow?
+
+_RUN_LENGTHS = [1, 2, 3, 4, 5, 6, 7, 8, 11, 12, 100, 1000, 1023, 1024, 4097]
+
+
+def run_merges(n: int) -> int:
+    """Merges BPE learns from n copies of one byte (one sequence) until no pair is left, by running the loop."""
+    ids, merges = [45] * n, 0  # "-" * n
+    while len(ids) > 1:
+        stats = get_stats(ids)
+        pair = min(stats, key=lambda p: (-stats[p], p))
+        ids = merge(ids, pair, 256 + merges)
+        merges += 1
+    return merges
+
+
+def _runs_hint(got: dict) -> str:
+    expected = {n: run_merges(n) for n in got}
+    wrong = [n for n in got if got[n] != expected[n]]
+    n = wrong[0]
+    if all(got[m] == m - 1 for m in got):
+        return ("n - 1 would be right if every merge removed one byte, but merging a frequent pair replaces all "
+                f"its occurrences at once; work out n = 8 by hand")
+    if all(got[m] == 256 + expected[m] for m in got):
+        return "you returned a vocabulary size (256 + merges); return the number of merges"
+    if all(got[m] == expected[m] + 1 for m in got):
+        return "one too many for every n: count the merges, not the tokens (a single byte allows no merge)"
+    if all(got[m] == expected[m] - 1 for m in got if expected[m]):
+        return "one too few for every n: the last merge, which joins the final two tokens, counts too"
+    powers = [m for m in got if m & (m - 1) == 0]
+    if all(got[m] == expected[m] for m in powers):
+        return (f"right for powers of two, wrong for n = {n} (got {got[n]}): an odd count leaves one symbol over "
+                f"at a step; those leftovers are merged too, even pairs seen once, until one token is left")
+    if all(got[m] <= expected[m] for m in got):
+        return (f"too few for n = {n} (got {got[n]}): BPE keeps merging pairs that occur only once, until the run "
+                f"is a single token")
+    return f"for n = {n} you return {got[n]}; train on '-' * {n} by hand or with train_fast and compare"
+
+
+@checker
+def check_merges_for_run(fn) -> CheckResult:
+    """`fn(n) -> int`: merges BPE learns from a text of n identical bytes (one chunk) before no pair is left."""
+    got = {}
+    for n in _RUN_LENGTHS:
+        value, problem = run_with_timeout(fn, n)
+        if problem is not None:
+            return problem
+        value, problem = as_int(value, "a number of merges")
+        if problem is not None:
+            return problem
+        got[n] = value
+    if all(got[n] == run_merges(n) for n in got):
+        return CheckResult(True, f"your count matches BPE's for every run length tried, from n = 1 to "
+                                 f"{_RUN_LENGTHS[-1]:,}")
+    return CheckResult(False, _runs_hint(got))

@@ -1,9 +1,8 @@
-"""Checkers for Chapter 3, "Embeddings". Each takes the reader's function and never raises."""
+"""Checkers for Chapter 3, "Embeddings". Each takes the reader's function or number and never raises."""
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from ..embedding import nearest_neighbours
 from ..model import GPT, GPTConfig
 from .base import CheckResult, check_tensor, checker, run_with_timeout
 
@@ -132,66 +131,128 @@ def check_untie(fn) -> CheckResult:
 
 
 # ------------------------------------------------------------------------------------------------------
-# ex-03-neighbours: cosine nearest neighbours
+# ex-03-adam: Adam's update for a sequence of gradients of one weight (no weight decay)
 
 
-def _neighbour_table():
-    """Rows whose lengths vary a hundredfold, so the dot product and the cosine rank them differently."""
-    g = torch.Generator().manual_seed(11)
-    directions = torch.randn(30, 6, generator=g)
-    lengths = torch.logspace(-1, 1, 30)[torch.randperm(30, generator=g)]  # 0.1 .. 10
-    return directions * lengths[:, None]  # (V, d) = (30, 6)
+def _adam_variant(grads: torch.Tensor, lr: float, betas, eps: float, *, correct=True, squared=True,
+                  eps_inside=False) -> torch.Tensor:
+    """Adam's updates theta_t - theta_(t-1) for one weight that receives `grads` (steps,) in turn, in float64.
+
+    With the defaults, Kingma & Ba's Algorithm 1 (tests check it against torch.optim.Adam, which this module
+    does not call: its first step imports torch._dynamo, seconds in every checking process). The keywords
+    switch on one of the usual mistakes, which the hints compare with.
+    """
+    (b1, b2), m, v, out = betas, 0.0, 0.0, []
+    for t, g in enumerate(grads.tolist(), start=1):
+        m = b1 * m + (1 - b1) * g
+        v = b2 * v + (1 - b2) * (g * g if squared else abs(g))
+        m_hat, v_hat = (m / (1 - b1**t), v / (1 - b2**t)) if correct else (m, v)
+        out.append(-lr * m_hat / ((v_hat + eps) ** 0.5 if eps_inside else v_hat**0.5 + eps))
+    return torch.tensor(out, dtype=torch.float64)
 
 
-def _ids(weight, scores, i, k, descending=True):
-    scores = scores.clone()
-    scores[i] = float("-inf") if descending else float("inf")
-    return torch.argsort(scores, descending=descending, stable=True)[:k]
+_ADAM_CASES = (  # (what the gradients are, grads); lr, betas and eps as in the course's training
+    ("a constant gradient of 1e-6", torch.full((30,), 1e-6, dtype=torch.float64)),
+    ("a constant gradient of 0.5", torch.full((30,), 0.5, dtype=torch.float64)),
+    ("gradients that change sign", torch.tensor([0.2, -0.1] * 5 + [-0.3] * 10 + [0.05] * 10, dtype=torch.float64)),
+)
+_ADAM_SETTINGS = dict(lr=3e-3, betas=(0.9, 0.95), eps=1e-8)
 
 
 @checker
-def check_nearest_tokens(fn) -> CheckResult:
-    """`fn(weight, i, k) -> ids (k,)`: the k rows most similar to row i by cosine, most similar first, i left out."""
-    weight = _neighbour_table()
-    for i, k in ((0, 5), (17, 3)):
-        expected, _ = nearest_neighbours(weight, i, k)
-        got, problem = run_with_timeout(fn, weight.clone(), i, k)
+def check_adam_updates(fn) -> CheckResult:
+    """`fn(grads, lr, betas, eps) -> (steps,)`: the updates Adam makes to one weight given `grads` (steps,)."""
+    for what, grads in _ADAM_CASES:
+        expected = _adam_variant(grads, **_ADAM_SETTINGS)
+        # 10 s: an answer that calls torch.optim pays for importing torch._dynamo on its first step
+        got, problem = run_with_timeout(fn, grads.clone(), _ADAM_SETTINGS["lr"], _ADAM_SETTINGS["betas"],
+                                        _ADAM_SETTINGS["eps"], timeout=10.0)
         if problem is not None:
             return problem
-        if isinstance(got, (list, tuple)) and all(isinstance(j, int) for j in got):
-            got = torch.tensor(got, dtype=torch.long)
-        if isinstance(got, tuple) and got and isinstance(got[0], torch.Tensor):
-            return CheckResult(False, "return only the ids, a LongTensor of shape (k,), not a tuple")
-        if isinstance(got, torch.Tensor) and got.is_floating_point() and got.shape == (k,):
-            return CheckResult(False, "you returned similarity values; return the ids of the rows (the indices "
-                                      "from topk/argsort), a LongTensor")
-        if isinstance(got, torch.Tensor) and got.shape == (k,) and not got.is_floating_point():
-            hint = _neighbour_hint(got, weight, i, k)
+        if isinstance(got, (list, tuple)) and all(isinstance(u, (int, float)) for u in got):
+            got = torch.tensor(got, dtype=torch.float64)
+        if isinstance(got, torch.Tensor) and got.shape == expected.shape and got.is_floating_point():
+            hint = _adam_hint(got.detach().double(), grads, expected)
             if hint:
-                return CheckResult(False, f"for row {i}, k = {k}: {hint}")
-        result = check_tensor(got, expected, name=f"the {k} neighbours of row {i}")
+                return CheckResult(False, f"for {what}: {hint}")
+        result = check_tensor(got, expected, name=f"the updates for {what}", atol=1e-9, rtol=1e-5)
         if not result.passed:
             return result
-    return CheckResult(True, "cosine similarity, the token itself left out, most similar first")
+    return CheckResult(True, "bias-corrected moments, eps outside the root: the updates of torch.optim.Adam")
 
 
-def _neighbour_hint(got, weight, i, k) -> str | None:
-    unit = weight / weight.norm(dim=1, keepdim=True)
-    cos, dot = unit @ unit[i], weight @ weight[i]
-    expected = _ids(weight, cos, i, k)
-    if torch.equal(got, expected):
+def _adam_hint(got, grads, expected) -> str | None:
+    def close(a, b):
+        return torch.allclose(a, b, rtol=1e-4, atol=1e-12)
+
+    lr, betas, eps = _ADAM_SETTINGS.values()
+    if close(got, expected):
         return None
-    if torch.equal(got, _ids(weight, dot, i, k)):
-        return ("these are the largest dot products, which favour long rows; divide each row by its length "
-                "first (cosine similarity)")
-    with_self = torch.argsort(cos, descending=True, stable=True)[:k]
-    if torch.equal(got, with_self) or int(i) in got.tolist():
-        return "the row itself is its own nearest neighbour (cosine 1); leave it out"
-    if torch.equal(got, _ids(weight, cos, i, k, descending=False)):
-        return "these are the least similar rows; sort in descending order of cosine"
-    distance = (weight - weight[i]).norm(dim=1)
-    if torch.equal(got, _ids(weight, distance, i, k, descending=False)):
-        return "these are the nearest rows by Euclidean distance; the exercise asks for cosine similarity"
-    if sorted(got.tolist()) == sorted(expected.tolist()):
-        return "the right rows in the wrong order: most similar first"
+    if close(got, expected.cumsum(0)):
+        return "these are the weight's values after each step; return the updates, theta_t - theta_(t-1)"
+    if close(got, -expected):
+        return "your updates go with the gradient; Adam steps against it, theta <- theta - lr * ..."
+    if close(got.abs(), expected.abs()):
+        return "the sizes are right but some signs are wrong: each update has the sign of -m_hat"
+    if close(got.abs(), (lr * grads).abs()):
+        return ("these are plain SGD steps, lr * g: Adam divides a running mean of the gradients by the square "
+                "root of a running mean of their squares")
+    if close(got, _adam_variant(grads, lr, betas, eps, correct=False)):
+        return ("the first updates are too small: without bias correction m and v are pulled towards their "
+                "zero start; divide them by 1 - beta1**t and 1 - beta2**t, with t counted from 1")
+    if close(got, _adam_variant(grads, lr, betas, eps, squared=False)):
+        return "v must be a running mean of the squared gradients, g * g"
+    if close(got, _adam_variant(grads, lr, betas, eps, eps_inside=True)):
+        return "check where eps enters: Adam adds it to the square root of v_hat, not inside the root"
     return None
+
+
+# ------------------------------------------------------------------------------------------------------
+# ex-03-random-share: the largest coordinate's share of |u|^2 for a random direction u in 768 dimensions
+
+
+def _largest_share(d: int, n: int = 4000, seed: int = 0, uniform: bool = False) -> float:
+    """Mean over n Gaussian directions in d dimensions of max_i u_i^2 / |u|^2 (float64 on the CPU).
+
+    uniform=True draws the coordinates from [0, 1) instead (torch.rand), a typical mistake the hints name.
+    """
+    g = torch.Generator().manual_seed(seed)
+    draw = torch.rand if uniform else torch.randn
+    squares = draw(n, d, generator=g, dtype=torch.float64) ** 2  # (n, d)
+    return (squares.max(dim=1).values / squares.sum(dim=1)).mean().item()
+
+
+@checker
+def check_share_768(value) -> CheckResult:
+    """`value`: the mean share of |u|^2 in the largest coordinate of a random direction u in 768 dimensions."""
+    if isinstance(value, torch.Tensor) and value.numel() == 1 and value.is_floating_point():
+        value = value.item()
+    if isinstance(value, int) and not isinstance(value, bool):
+        value = float(value)
+    if not isinstance(value, float):
+        return CheckResult(False, f"share_768 must be a float (a fraction of |u|^2), got {type(value).__name__}")
+    if value != value or value in (float("inf"), float("-inf")):
+        return CheckResult(False, f"share_768 is {value}; expected a finite fraction between 0 and 1")
+    if 1 < value <= 100:
+        return CheckResult(False, "give a fraction between 0 and 1, not a percentage")
+    if not 0 < value <= 1:
+        return CheckResult(False, f"a share of |u|^2 lies between 0 and 1, got {value:.4g}")
+    expected = _largest_share(768)
+    if abs(value - 1 / 768) < 2e-4:
+        return CheckResult(False, "1/768 is the mean share of a coordinate, the even spread; the largest of 768 "
+                                  "random coordinates holds several times more")
+    if abs(value - 768**-0.5) < 2e-3:
+        return CheckResult(False, "1/sqrt(768) is the typical size of one coordinate of a unit vector; the share "
+                                  "of |u|^2 is a coordinate squared")
+    if abs(value - _largest_share(128)) < 0.01:
+        return CheckResult(False, "that is about the share in 128 dimensions; with 768 coordinates sharing |u|^2, "
+                                  "the largest one's share is smaller")
+    if abs(value - _largest_share(768, uniform=True)) < 5e-4:
+        return CheckResult(False, "torch.rand draws every coordinate from [0, 1), all positive: not a random "
+                                  "direction; a direction with no preferred axis has Gaussian coordinates")
+    if abs(value - expected) <= 0.2 * expected:
+        return CheckResult(True, f"{value:.1%} of |u|^2 in the largest coordinate: far from 100 %, though "
+                                 f"many times the even spread of {1 / 768:.2%}")
+    direction = "too large" if value > expected else "too small"
+    return CheckResult(False, f"{value:.4g} is {direction} by more than 20 %: draw many random directions "
+                              f"(torch.randn) and average the largest u_i^2 / |u|^2")

@@ -1,20 +1,16 @@
-"""Checkers for Chapter 4, "Positional encoding". Each takes the reader's function and never raises.
+"""Checkers for Chapter 4, "Positional encoding". Each takes the reader's answer and never raises.
 
-- `check_sinusoidal_table(fn)`: `fn(T, d) -> (T, d)`, the table of Vaswani et al. 2017 §3.5;
 - `check_rope_interleaved(fn)`: `fn(x) -> x rotated`, RoPE on the paper's interleaved pairs for x `(T, d)`;
-- `check_alibi_slopes(fn)`: `fn(h) -> (h,)`, the slopes of Press et al. 2022 §3 for h a power of two.
+- `check_rope_interpolated(fn)`: `fn(T, d_k, train_length) -> (cos, sin)`, position interpolation (Chen et
+  al. 2023 §2.3) in the package's rotate-half layout;
+- `check_n_partial_pairs(n)`: how many of `pos-rope`'s rotation pairs never make a full turn in training.
 """
+import math
+
 import torch
 
-from ..positional import (
-    alibi_slopes,
-    apply_rope,
-    interleaved_to_rotate_half,
-    rope_cos_sin,
-    rotate_half_to_interleaved,
-    sinusoidal_encoding,
-)
-from .base import CheckResult, check_tensor, checker, run_with_timeout
+from ..positional import apply_rope, interleaved_to_rotate_half, rope_cos_sin, rotate_half_to_interleaved
+from .base import CheckResult, as_int, check_tensor, checker, run_with_timeout
 
 
 def _as_float_tensor(got):
@@ -26,61 +22,6 @@ def _as_float_tensor(got):
 
 def _close(a, b, atol=1e-4) -> bool:
     return a is not None and a.shape == b.shape and bool(torch.allclose(a, b.double(), atol=atol, rtol=0))
-
-
-# ----------------------------------------------------------------------------- sinusoidal table
-
-
-def _sinusoidal_variants(T: int, d: int) -> list[tuple[torch.Tensor, str]]:
-    """Typical wrong tables, each with the hint it deserves."""
-    pos = torch.arange(T, dtype=torch.float64)[:, None]
-    two_i = torch.arange(0, d, 2, dtype=torch.float64)
-
-    def interleave(sin, cos):
-        out = torch.zeros(T, d, dtype=torch.float64)
-        out[:, 0::2], out[:, 1::2] = sin, cos
-        return out
-
-    angles = pos / 10000 ** (two_i / d)
-    variants = [
-        (interleave(angles.cos(), angles.sin()),
-         "sine and cosine are swapped: even columns 2i hold sin, odd columns 2i+1 hold cos"),
-        (torch.cat([angles.sin(), angles.cos()], dim=-1),
-         "you put all sines first and all cosines second (the layout of tensor2tensor and Marian); "
-         "§3.5 interleaves them: column 2i is sin, column 2i+1 is cos of the same frequency"),
-    ]
-    half = pos / 10000 ** (two_i / 2 / d)  # exponent i/d instead of 2i/d
-    variants.append((interleave(half.sin(), half.cos()),
-                     "the frequencies fall too slowly: the exponent is 2i/d where 2i is the even column index "
-                     "(0, 2, 4, ...), not i/d"))
-    every = torch.arange(d, dtype=torch.float64)  # a different frequency for every column j: pos / 10000^(j/d)
-    each = pos / 10000 ** (every / d)
-    wrong_cols = torch.where(torch.arange(d) % 2 == 0, each.sin(), each.cos())
-    variants.append((wrong_cols, "columns 2i and 2i+1 must share one frequency, pos / 10000^(2i/d); you gave "
-                                 "every column its own"))
-    shifted = (pos + 1) / 10000 ** (two_i / d)
-    variants.append((interleave(shifted.sin(), shifted.cos()),
-                     "positions start at 0: the first row is sin 0 = 0 and cos 0 = 1"))
-    return variants
-
-
-@checker
-def check_sinusoidal_table(fn) -> CheckResult:
-    """`fn(T, d) -> (T, d)`: PE[pos, 2i] = sin(pos / 10000^(2i/d)), PE[pos, 2i+1] = cos(same)."""
-    for T, d in ((50, 16), (7, 4), (128, 64)):
-        got, problem = run_with_timeout(fn, T, d)
-        if problem is not None:
-            return problem
-        expected = sinusoidal_encoding(T, d).double()
-        answer = _as_float_tensor(got)
-        if not _close(answer, expected, atol=1e-4):
-            for variant, hint in _sinusoidal_variants(T, d):
-                if _close(answer, variant, atol=1e-4):
-                    return CheckResult(False, f"for T={T}, d={d}: {hint}")
-            result = check_tensor(got, expected, name=f"the table for T={T}, d={d}", atol=1e-4, rtol=0)
-            if not result.passed:
-                return result
-    return CheckResult(True, "your table is the one of Vaswani et al. §3.5 (row 0 alternates 0 and 1)")
 
 
 # ----------------------------------------------------------------------------- RoPE on interleaved pairs
@@ -156,43 +97,134 @@ def check_rope_interleaved(fn) -> CheckResult:
     return CheckResult(True, "you rotate each pair (x_2i, x_2i+1) by m·θ_i, and q_m · k_n depends only on m − n")
 
 
-# ----------------------------------------------------------------------------- ALiBi slopes
+# ----------------------------------------------------------------------------- position interpolation
 
 
-def _slope_hint(got: torch.Tensor, h: int) -> str | None:
-    i = torch.arange(1, h + 1, dtype=torch.float64)
-    expected = 2.0 ** (-8.0 / h * i)
-    guesses = [
-        (2.0 ** (-8.0 / h * (i - 1)), "start the exponent at i = 1, not 0: the first slope is 2^(−8/h), not 1"),
-        (2.0 ** (-8.0 / i), "the exponent is −8·i/h (the head index times 8/h), not −8/i"),
-        (2.0 ** (-i), f"2^(−i) is the 8-head sequence; for h = {h} the ratio is 2^(−8/h)"),
-        (expected.flip(0), "the slopes come in decreasing order: head 1 gets the steepest, 2^(−8/h)"),
-        (-expected, "slopes are positive; the minus sign belongs to the bias, −m·(i − j)"),
-        (torch.exp(-8.0 / h * i), "use base 2, not e: 2^(−8i/h)"),
+def _pi_tables(T: int, d_k: int, positions: torch.Tensor, exponent: float = 2.0, layout: str = "half"):
+    """cos, sin `(T, d_k)` float64 for the given (possibly fractional) positions `(T,)`."""
+    inv_freq = 10000.0 ** (-exponent * torch.arange(d_k // 2, dtype=torch.float64) / d_k)  # (d_k/2,)
+    angles = positions.double()[:, None] * inv_freq  # (T, d_k/2)
+    if layout == "half":
+        angles = torch.cat([angles, angles], dim=-1)  # rotate-half: [f_0..f_{d/2-1}, f_0..f_{d/2-1}]
+    else:
+        angles = torch.repeat_interleave(angles, 2, dim=-1)  # interleaved: f_0, f_0, f_1, f_1, ...
+    return angles.cos(), angles.sin()
+
+
+def rope_interpolated_reference(T: int, d_k: int, train_length: int):
+    """Position interpolation (Chen et al. 2023 §2.3): position m becomes m * train_length / T when T is
+    longer than train_length, so the T positions land in [0, train_length), the span of the training
+    positions (the last, (T-1) * train_length / T, lies less than one step past train_length - 1); a
+    shorter T is left unchanged."""
+    m = torch.arange(T, dtype=torch.float64)
+    return _pi_tables(T, d_k, m * min(1.0, train_length / T))
+
+
+def _pi_variants(T: int, d_k: int, L: int) -> list[tuple[tuple, str]]:
+    """Typical wrong (cos, sin) pairs for one case, each with its hint."""
+    m = torch.arange(T, dtype=torch.float64)
+    longer = T > L
+    variants = []
+    if longer:
+        variants += [
+            (_pi_tables(T, d_k, m), "these are the plain tables: positions beyond train_length give angles "
+                                    "the model never saw in training; squeeze the positions into its range"),
+            (_pi_tables(T, d_k, m * T / L), "you stretched the positions (times T / train_length); "
+                                            "interpolation squeezes them (times train_length / T)"),
+            (_pi_tables(T, d_k, m * (L - 1) / (T - 1)), "Chen et al. scale by L / L' (m -> m L / L'); you mapped "
+                                                        "the last position onto the last trained one, (L-1)/(L'-1)"),
+            (_pi_tables(T, d_k, torch.floor(m * L / T)), "keep the scaled positions as fractions: rounding them "
+                                                         "gives neighbouring tokens the same angles"),
+        ]
+    else:
+        variants.append((_pi_tables(T, d_k, m * L / T), "when T <= train_length every position was seen in "
+                                                        "training: return the plain tables, unscaled"))
+    good = m * min(1.0, L / T)
+    variants += [
+        (_pi_tables(T, d_k, good, layout="interleaved"),
+         "the package's tables use the rotate-half layout: the d_k/2 frequencies, then the same d_k/2 again "
+         "(torch.cat), not each frequency twice in a row"),
+        (_pi_tables(T, d_k, good, exponent=1.0), "the frequencies fall too slowly: θ_i = 10000^(−2i/d_k) for "
+                                                 "pair i = 0 .. d_k/2−1"),
     ]
-    for guess, hint in guesses:
-        if torch.allclose(got, guess, atol=1e-6, rtol=1e-5):
-            return hint
-    return None
+    cos, sin = _pi_tables(T, d_k, good)
+    variants.append(((sin, cos), "you returned (sin, cos); return (cos, sin), like rope_cos_sin"))
+    return variants
+
+
+def _pair_close(got, pair, atol=1e-4) -> bool:
+    return all(_close(_as_float_tensor(g), e, atol=atol) for g, e in zip(got, pair))
 
 
 @checker
-def check_alibi_slopes(fn) -> CheckResult:
-    """`fn(h) -> (h,)`: 2^(-8/h * i) for i = 1..h, for h a power of two (Press et al. §3)."""
-    for h in (8, 4, 16, 2, 1):
-        got, problem = run_with_timeout(fn, h)
+def check_rope_interpolated(fn) -> CheckResult:
+    """`fn(T, d_k, train_length) -> (cos, sin)`, each `(T, d_k)`: RoPE tables with position interpolation."""
+    for T, d_k, L in ((128, 16, 64), (10, 8, 4), (48, 16, 64), (64, 16, 64)):
+        got, problem = run_with_timeout(fn, T, d_k, L)
         if problem is not None:
             return problem
-        if isinstance(got, (list, tuple)) and all(isinstance(v, (int, float)) for v in got):
-            got = torch.tensor(got, dtype=torch.float64)
-        expected = alibi_slopes(h).double()
-        answer = _as_float_tensor(got)
-        if answer is not None and answer.shape == expected.shape and not torch.allclose(answer, expected, rtol=1e-5):
-            hint = _slope_hint(answer, h)
-            if hint:
-                return CheckResult(False, f"for h = {h}: {hint}")
-        result = check_tensor(got, expected, name=f"the slopes for h = {h}", atol=1e-7, rtol=1e-5)
-        if not result.passed:
-            return result
-    return CheckResult(True, "your slopes are Press et al.'s: a geometric sequence whose start and ratio are "
-                             "2^(−8/h), 1/2, 1/4, ..., 1/256 for 8 heads")
+        if not isinstance(got, (tuple, list)) or len(got) != 2:
+            kind = type(got).__name__ + (f" of length {len(got)}" if isinstance(got, (tuple, list)) else "")
+            return CheckResult(False, f"return the pair (cos, sin), like rope_cos_sin; got a {kind}")
+        expected = rope_interpolated_reference(T, d_k, L)
+        if _pair_close(got, expected):
+            continue
+        case = f"for T={T}, d_k={d_k}, train_length={L}"
+        for pair, hint in _pi_variants(T, d_k, L):
+            if _pair_close(got, pair):
+                return CheckResult(False, f"{case}: {hint}")
+        for name, g, e in zip(("cos", "sin"), got, expected):
+            result = check_tensor(g, e, name=f"{name} {case}", atol=1e-4, rtol=0)
+            if not result.passed:
+                return result
+    return CheckResult(True, "position m becomes m·L/T, so all T positions land in [0, L) (Chen et al. 2023 "
+                             "§2.3): the last one, (T−1)·L/T, is less than one step past L−1, the last trained "
+                             "position, instead of at T−1; a text no longer than L keeps its tables")
+
+
+# ----------------------------------------------------------------------------- pairs that never turn fully
+
+ROPE_D_K, ROPE_MAX_DISTANCE = 16, 63  # pos-rope: d_model 64 / 4 heads; 64-token windows, distances 0..63
+
+
+def _count_partial(d_k: int, max_distance: int, full_turn: float = 2 * math.pi, exponent: float = 2.0) -> int:
+    thetas = [10000.0 ** (-exponent * i / d_k) for i in range(d_k // 2)]
+    return sum(max_distance * theta < full_turn for theta in thetas)
+
+
+@checker
+def check_n_partial_pairs(answer) -> CheckResult:
+    """`answer`: how many of pos-rope's d_k/2 = 8 pairs turn by less than 2π over the distances 0..63."""
+    got, problem = as_int(answer, "a number of pairs")
+    if problem is not None:
+        return problem
+    n_pairs = ROPE_D_K // 2
+    expected = _count_partial(ROPE_D_K, ROPE_MAX_DISTANCE)
+    if got == expected:
+        first = n_pairs - expected
+        return CheckResult(True, f"pairs {first}..{n_pairs - 1} turn by less than 2π over distances "
+                                 f"0..{ROPE_MAX_DISTANCE}: at longer distances they reach angles training never "
+                                 f"showed, while the fast pairs have seen every angle (pair {first - 1} only just: "
+                                 f"{ROPE_MAX_DISTANCE}·θ_{first - 1} = "
+                                 f"{ROPE_MAX_DISTANCE * 10000.0 ** (-2 * (first - 1) / ROPE_D_K):.3f} "
+                                 f"against 2π = {2 * math.pi:.3f})")
+    hints = [
+        # both the count of the other side of 2π and θ_i = 10000^(-i/d_k) give this number: name the two
+        # checks, without arithmetic that turns this number into the answer
+        (_count_partial(ROPE_D_K, ROPE_MAX_DISTANCE, exponent=1.0),
+         "check two things: the exponent of θ_i = 10000^(−2i/d_k) (with the 2), and which side of 2π you "
+         "count: the pairs whose largest angle 63·θ_i stays below a full turn"),
+        (_count_partial(ROPE_D_K, ROPE_MAX_DISTANCE, full_turn=1.0),
+         "a full turn is 2π radians, not 1: compare 63·θ_i with 2π"),
+        (_count_partial(32, ROPE_MAX_DISTANCE), "pos-rope's head dimension is d_k = d_model / h = 64 / 4 = 16, "
+                                                "not 32"),
+    ]
+    for value, hint in hints:
+        if got == value:
+            return CheckResult(False, f"got {got}: {hint}")
+    if not 0 <= got <= n_pairs:
+        return CheckResult(False, f"got {got}: d_k = 16 gives only {n_pairs} rotation pairs, so the count lies "
+                                  f"between 0 and {n_pairs}")
+    return CheckResult(False, f"got {got}. Pair i turns at θ_i = 10000^(−2i/16) radians per position, i = 0..7; "
+                              "over distances up to 63 it turns by at most 63·θ_i. Count the pairs for which "
+                              "that stays below 2π")

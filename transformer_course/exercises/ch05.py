@@ -1,10 +1,13 @@
-"""Checkers for Chapter 5, "Self-attention". Each takes the reader's function and never raises.
+"""Checkers for Chapter 5, "Self-attention". Each takes the reader's answer and never raises.
 
-- `check_scaled_scores(fn)`: `fn(q, k)` -> q k^T / sqrt(d_k), `(B, Tq, Tk)`.
-- `check_causal_mask(fn)`: `fn(scores)` -> the scores with every future key (j > i) set to -inf.
-- `check_attention(fn)`: `fn(q, k, v, causal)` -> softmax(q k^T / sqrt(d_k), masked) v, `(B, Tq, d_v)`.
+- `check_attention(fn)`: `fn(q, k, v, causal)` -> softmax(q k^T / sqrt(d_k), masked) v, `(B, Tq, d_v)` (warm-up).
+- `check_prefix_lm_mask(fn)`: `fn(T, n_prefix)` -> bool `(T, T)`, True where query i may attend to key j: the
+  whole prefix, and causally after it (the "causal with prefix" mask of Raffel et al. 2020, §3.2.1, Figure 3).
+- `check_unit_variance_scale(fn)`: `fn(d_k, sigma_q, sigma_k)` -> the scale c that gives c q.k variance 1 when
+  the components of q and k are independent, with mean 0 and standard deviations sigma_q and sigma_k.
 
-The references are PyTorch's own `F.scaled_dot_product_attention` and `torch.triu`, not this package.
+The references are PyTorch's own `F.scaled_dot_product_attention`, `torch.tril` and sampled variances, not this
+package.
 """
 import math
 
@@ -23,75 +26,6 @@ def _qkv(B=2, Tq=5, Tk=7, d_k=16, d_v=6, seed=5):
 def _close(got, expected, atol=1e-5):
     return (isinstance(got, torch.Tensor) and got.shape == expected.shape and got.is_floating_point()
             and torch.allclose(got.detach().double(), expected.double(), atol=atol, rtol=1e-4))
-
-
-@checker
-def check_scaled_scores(fn) -> CheckResult:
-    """`fn(q, k) -> scores`: q `(B, Tq, d_k)`, k `(B, Tk, d_k)` -> q k^T / sqrt(d_k) `(B, Tq, Tk)`."""
-    q, k, _ = _qkv()
-    d_k = q.shape[-1]
-    got, problem = run_with_timeout(fn, q.clone(), k.clone())
-    if problem is not None:
-        return problem
-    raw = q @ k.transpose(-2, -1)  # (B, Tq, Tk)
-    expected = raw / math.sqrt(d_k)
-    hints = [
-        (raw, "the 1/sqrt(d_k) scale is missing: divide q k^T by sqrt(d_k) = 4 here"),
-        (raw / d_k, "you divided by d_k; the scale is 1/sqrt(d_k)"),
-        (raw * math.sqrt(d_k), "you multiplied by sqrt(d_k); divide by it"),
-    ]
-    for wrong, hint in hints:
-        if _close(got, wrong):
-            return CheckResult(False, hint)
-    if isinstance(got, torch.Tensor) and got.shape == (q.shape[0], k.shape[1], q.shape[1]):
-        return CheckResult(False, f"scores have shape {tuple(got.shape)}, expected (B, Tq, Tk) = "
-                                  f"{tuple(expected.shape)}: one row per query, so q @ k.transpose(-2, -1)")
-    if isinstance(got, torch.Tensor) and got.shape == (q.shape[0], q.shape[1], q.shape[1]):
-        return CheckResult(False, f"scores have shape {tuple(got.shape)}, expected (B, Tq, Tk) = "
-                                  f"{tuple(expected.shape)}: compare the queries with the keys, not with themselves")
-    result = check_tensor(got, expected, name="the scaled scores")
-    if result.passed:
-        return CheckResult(True, f"q k^T / sqrt(d_k), shape (B, Tq, Tk) = {tuple(expected.shape)}")
-    return result
-
-
-@checker
-def check_causal_mask(fn) -> CheckResult:
-    """`fn(scores) -> masked`: scores `(B, T, T)` with the future keys (column j > row i) set to -inf."""
-    g = torch.Generator().manual_seed(6)
-    scores = torch.randn(2, 6, 6, generator=g)  # (B, T, T)
-    got, problem = run_with_timeout(fn, scores.clone())
-    if problem is not None:
-        return problem
-    T = scores.shape[-1]
-    future = torch.ones(T, T, dtype=torch.bool).triu(1)  # True above the diagonal
-    expected = scores.masked_fill(future, float("-inf"))
-    if isinstance(got, torch.Tensor) and got.shape == scores.shape and got.is_floating_point():
-        got = got.detach()
-        if torch.equal(got, expected):
-            return CheckResult(True, "every key after its query is -inf; the diagonal and the past are untouched")
-        if torch.equal(got, scores):
-            return CheckResult(False, "the mask is not applied: the scores came back unchanged")
-        if torch.equal(got, scores.masked_fill(future, 0.0)):
-            return CheckResult(False, "you set the future scores to 0, but a softmax still gives e^0 = 1 to them; "
-                                      "use float('-inf')")
-        if torch.equal(got, scores.masked_fill(future.T, float("-inf"))):
-            return CheckResult(False, "you masked the past instead of the future: the keys after the query "
-                                      "(column j > row i, the upper triangle) must be -inf")
-        if torch.equal(got, scores.masked_fill(~future.T, float("-inf"))):
-            return CheckResult(False, "the diagonal is masked too: a token may attend to itself "
-                                      "(mask j > i, i.e. triu(..., diagonal=1))")
-        if torch.equal(got, scores.masked_fill(~future, float("-inf"))):
-            return CheckResult(False, "you kept the future and masked the rest: invert the mask")
-        # A very negative finite fill (-1e9) works just like -inf after the softmax: accept it.
-        huge_negative = (got <= -1e4) | torch.isneginf(got)  # (B, T, T)
-        if bool((huge_negative == future).all()) and torch.equal(got[..., ~future], scores[..., ~future]):
-            return CheckResult(True, "the future keys carry a huge negative score; float('-inf') is the exact "
-                                     "version, but the softmax gives the same weights")
-    result = check_tensor(got, expected, name="the masked scores")
-    if result.passed:
-        return CheckResult(True, "every key after its query is -inf; the diagonal and the past are untouched")
-    return result
 
 
 def _attention(q, k, v, causal):
@@ -126,7 +60,11 @@ def check_attention(fn) -> CheckResult:
             (torch.softmax(masked / math.sqrt(q.shape[-1]), -1) @ v, "you divided by d_k; the scale is "
                                                                       "1/sqrt(d_k)"),
         ]
-        if not causal:
+        if causal:
+            zero_filled = torch.softmax(scores.masked_fill(future, 0.0), -1) @ v
+            hints.append((zero_filled, "the future scores are set to 0, but the softmax still gives them e^0 = 1: "
+                                       "fill them with float('-inf')"))
+        else:
             hints = hints[1:]
         for wrong, hint in hints:
             if _close(got, wrong):
@@ -141,3 +79,135 @@ def check_attention(fn) -> CheckResult:
         if not result.passed:
             return result
     return CheckResult(True, "softmax(q k^T / sqrt(d_k), masked) v, equal to F.scaled_dot_product_attention")
+
+
+def reference_prefix_lm_mask(T: int, n_prefix: int) -> torch.Tensor:
+    """bool `(T, T)`, True where query i may attend to key j: j <= i (causal) or j < n_prefix (the prefix)."""
+    causal = torch.ones(T, T, dtype=torch.bool).tril()  # (T, T): key <= query
+    return causal | (torch.arange(T) < n_prefix)[None, :]  # every query sees the whole prefix
+
+
+def _prefix_hint(got: torch.Tensor, T: int, n: int) -> str | None:
+    """A hint when `got` (bool, (T, T)) is one of the usual wrong masks for a prefix of n tokens, else None."""
+    causal = torch.ones(T, T, dtype=torch.bool).tril()
+    expected = reference_prefix_lm_mask(T, n)
+    in_prefix = torch.arange(T) < n  # (T,)
+    known = [
+        (causal, f"this is the plain causal mask: inside the prefix every token must see all {n} prefix tokens, "
+                 "the later ones too"),
+        (causal | in_prefix[:, None], "the prefix tokens see the tokens after the prefix: the prompt may not look at "
+                                      "the continuation that is being generated"),
+        (torch.ones(T, T, dtype=torch.bool), "every token sees every token, an encoder's mask: after the prefix the "
+                                             "mask must stay causal"),
+        (in_prefix[:, None] & in_prefix[None, :], "the tokens after the prefix see nothing: they still see the "
+                                                  "prefix and, causally, the tokens up to themselves"),
+        (~expected, "True must mean allowed (as in allowed_mask); you returned the blocked pairs"),
+        (expected.T, "rows are queries and columns keys: your mask is transposed"),
+    ]
+    for shift in (1, -1):
+        if 0 <= n + shift <= T:
+            known.append((reference_prefix_lm_mask(T, n + shift),
+                          f"your prefix is one token too {'long' if shift > 0 else 'short'}: with n_prefix = {n} the "
+                          f"prefix is keys 0 to {n - 1}"))
+    for wrong, hint in known:
+        if not torch.equal(wrong, expected) and torch.equal(got, wrong):
+            return hint
+    return None
+
+
+_PREFIX_CASES = [(6, 3), (5, 0), (4, 4), (7, 2)]  # (T, n_prefix): a plain prefix, none, all, a short one
+
+
+@checker
+def check_prefix_lm_mask(fn) -> CheckResult:
+    """`fn(T, n_prefix) -> mask`: bool `(T, T)`, True where query i may attend to key j in a prefix LM."""
+    for T, n in _PREFIX_CASES:
+        got, problem = run_with_timeout(fn, T, n)
+        if problem is not None:
+            return problem
+        expected = reference_prefix_lm_mask(T, n)
+        label = f"prefix_lm_mask({T}, {n})"
+        if isinstance(got, torch.Tensor) and got.is_floating_point() and got.shape == expected.shape:
+            if torch.isneginf(got).any():
+                return CheckResult(False, f"{label} is an additive float mask (0 and -inf): return the bool matrix, "
+                                          "True where a query may attend to a key")
+        if isinstance(got, torch.Tensor) and got.dtype == torch.bool and got.shape == expected.shape:
+            hint = _prefix_hint(got, T, n)
+            if hint is not None:
+                return CheckResult(False, f"for {label}: {hint}")
+        result = check_tensor(got, expected, name=label)
+        if not result.passed:
+            return result
+    allowed = int(reference_prefix_lm_mask(6, 3).sum())
+    return CheckResult(True, f"the whole prefix is visible to every token, the rest is causal: for T = 6 and a "
+                             f"prefix of 3, {allowed} of 36 pairs are allowed (causal alone: 21)")
+
+
+def _as_float(value):
+    """The reader's answer as a finite float `(x, None)`, or `(None, failed CheckResult)`."""
+    if isinstance(value, torch.Tensor) and value.numel() == 1 and value.is_floating_point():
+        value = value.item()
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return None, CheckResult(False, f"return a number (a float), got {type(value).__name__}")
+    if not math.isfinite(value):
+        return None, CheckResult(False, f"got {value}: the scale must be a finite number")
+    return float(value), None
+
+
+def _sampled_score_variance(scale: float, d_k: int, sigma_q: float, sigma_k: float, n: int = 20_000) -> float:
+    """Variance of scale * (q . k) over n sampled pairs whose components are N(0, sigma^2)."""
+    g = torch.Generator().manual_seed(11)
+    q = sigma_q * torch.randn(n, d_k, generator=g, dtype=torch.float64)
+    k = sigma_k * torch.randn(n, d_k, generator=g, dtype=torch.float64)
+    return (scale * (q * k).sum(-1)).var().item()
+
+
+_SCALE_CASES = [(64, 2.0, 3.0), (16, 0.5, 1.5), (128, 1.0, 1.0)]  # (d_k, sigma_q, sigma_k)
+
+
+def _scale_hint(got: float, d: int, sq: float, sk: float) -> str | None:
+    """A hint naming what a wrong scale `got` left out or got wrong, without giving the formula."""
+    known = [
+        (1 / math.sqrt(d), "that is the unit-variance scale 1/sqrt(d_k): it ignores sigma_q and sigma_k. What is the "
+                           "variance of one product q_i k_i when the factors have standard deviations sigma_q and "
+                           "sigma_k?"),
+        (1 / (d * sq * sk), "you divided by d_k: the variance of a sum of d_k independent terms grows like d_k, so "
+                            "its spread grows like the square root of d_k"),
+        (1 / (d * sq * sq * sk * sk), "you divided by the variance of q.k: multiplying by c multiplies the variance "
+                                      "by c^2, so the scale must divide by a standard deviation"),
+        (1 / (math.sqrt(d) * sq * sq * sk * sk), "you divided by sigma_q^2 sigma_k^2, the variances: a scale "
+                                                 "multiplies the spread, so it must undo a standard deviation"),
+        (1 / math.sqrt(d * sq * sk), "the square root covers too much: sigma_q and sigma_k are standard deviations "
+                                     "already"),
+        (math.sqrt(d) * sq * sk, "your scale multiplies the scores by their spread instead of dividing by it"),
+        (1 / (math.sqrt(d) * (sq + sk)), "the spreads multiply, they do not add: Var(XY) = Var(X) Var(Y) for "
+                                         "independent X, Y of mean 0"),
+    ]
+    for wrong, hint in known:
+        if math.isclose(got, wrong, rel_tol=1e-6):
+            return hint
+    return None
+
+
+@checker
+def check_unit_variance_scale(fn) -> CheckResult:
+    """`fn(d_k, sigma_q, sigma_k) -> c`: the scale that gives c (q . k) variance 1 (independent, mean-0 parts)."""
+    for d, sq, sk in _SCALE_CASES:
+        got, problem = run_with_timeout(fn, d, sq, sk)
+        if problem is not None:
+            return problem
+        got, problem = _as_float(got)
+        if problem is not None:
+            return problem
+        label = f"unit_variance_scale({d}, {sq:g}, {sk:g})"
+        expected = 1 / (math.sqrt(d) * sq * sk)
+        if math.isclose(got, expected, rel_tol=1e-6):
+            continue
+        variance = _sampled_score_variance(got, d, sq, sk)
+        hint = _scale_hint(got, d, sq, sk) or "compare with the variance of q.k that your derivation gives"
+        return CheckResult(False, f"{label} = {got:.4g} gives scores of variance {variance:.3g} on sampled queries "
+                                  f"and keys, not 1. {hint}")
+    d, sq, sk = _SCALE_CASES[0]
+    variance = _sampled_score_variance(1 / (math.sqrt(d) * sq * sk), d, sq, sk)
+    return CheckResult(True, f"scores of variance {variance:.1f} on 20,000 sampled pairs with d_k = {d}, sigma_q = "
+                             f"{sq:g}, sigma_k = {sk:g}; the 1/sqrt(d_k) rule is the case sigma_q = sigma_k = 1")

@@ -1,8 +1,17 @@
-"""Checkers for Chapter 6, "Multi-head attention". Each takes the reader's function and never raises."""
-import torch
-from torch.utils.flop_counter import FlopCounterMode
+"""Checkers for Chapter 6, "Multi-head attention". Each takes the reader's answer and never raises.
 
-from ..attention import Attention
+- `check_merge_heads(fn)`: `fn(x)` -> `(B, T, h*d_k)` from `(B, h, T, d_k)`, the inverse of the head split (warm-up).
+- `check_gpt2_weights_mib(answer)`: MiB of the attention weights that GPT-2 small keeps for the backward pass.
+- `check_mha_parameters(fn)`: `fn(d_model, n_heads, d_k, d_v)` -> the parameters of a multi-head attention layer
+  whose heads have query/key width d_k and value width d_v (with biases, like the course's `Attention`).
+
+The references are PyTorch's own reshapes and `nn.Linear` parameter counts, not this package's formulas.
+"""
+import math
+
+import torch
+import torch.nn as nn
+
 from .base import CheckResult, as_int, check_tensor, checker, run_with_timeout
 
 # B, T, d_model, h chosen so that no two of T, h, d_k are equal: a wrong arrangement cannot hide.
@@ -28,36 +37,6 @@ def reference_merge_heads(x: torch.Tensor) -> torch.Tensor:
 
 def _as_tensor_or_none(value):
     return value if isinstance(value, torch.Tensor) else None
-
-
-@checker
-def check_split_heads(fn) -> CheckResult:
-    """`fn(x, n_heads)`: x `(B, T, d_model)` -> `(B, h, T, d_k)`, as `Attention.project_qkv` does."""
-    x = _sequence()
-    expected = reference_split_heads(x, _H)
-    got, problem = run_with_timeout(fn, x.clone(), _H)
-    if problem is not None:
-        return problem
-    got_t = _as_tensor_or_none(got)
-    if got_t is not None and got_t.is_floating_point():
-        d_k = _D // _H
-        if got_t.shape == (_B, _T, _H, d_k):
-            return CheckResult(False, f"shape {tuple(got_t.shape)} is (B, T, h, d_k): the heads must come "
-                                      "before the positions, so transpose(1, 2) after the view")
-        if got_t.shape == expected.shape:
-            if torch.equal(got_t, x.reshape(_B, _H, _T, d_k)):
-                return CheckResult(False, "you reshaped straight to (B, h, T, d_k): that cuts the sequence of "
-                                          "tokens into pieces instead of each token's features. View as "
-                                          "(B, T, h, d_k) first, then transpose(1, 2)")
-            if torch.equal(got_t, x.view(_B, _T, d_k, _H).permute(0, 3, 1, 2)):
-                return CheckResult(False, "your heads take interleaved features (head j gets j, j+h, j+2h, ...); "
-                                          "each head owns a contiguous slice of d_k features: view as "
-                                          "(B, T, h, d_k)")
-    result = check_tensor(got, expected, name="split_heads(x, h)", atol=0.0, rtol=0.0)
-    if not result.passed:
-        return result
-    return CheckResult(True, f"(B, T, d_model) = {tuple(x.shape)} -> (B, h, T, d_k) = {tuple(expected.shape)}, "
-                             "head j holding features j*d_k ... (j+1)*d_k - 1")
 
 
 @checker
@@ -89,48 +68,107 @@ def check_merge_heads(fn) -> CheckResult:
     return CheckResult(True, "(B, h, T, d_k) -> (B, T, h*d_k), heads side by side: the inverse of split_heads")
 
 
-def measured_attention_flops(B: int, T: int, d_model: int, n_heads: int) -> int:
-    """FLOPs of one forward pass of `Attention(d_model, n_heads)` on `(B, T, d_model)`, counted by PyTorch."""
-    torch.manual_seed(0)
-    module = Attention(d_model, n_heads, impl="manual")
-    x = torch.zeros(B, T, d_model)
-    with torch.no_grad(), FlopCounterMode(display=False) as counter:
-        module(x)
-    return counter.get_total_flops()
+# GPT-2 small, from OpenAI's released code (gpt-2 src/model.py, default_hparams: n_layer 12, n_head 12, n_embd 768),
+# trained on a batch of 8 sequences of its full context of 1024 tokens in float32.
+_GPT2_L, _GPT2_H, _GPT2_D, _GPT2_B, _GPT2_T, _FLOAT32 = 12, 12, 768, 8, 1024, 4
+_MIB = 2**20
 
 
-_FLOP_CASES = [(2, 16, 64, 4), (1, 10, 48, 6), (3, 7, 32, 1)]  # (B, T, d_model, h)
+def _gpt2_weights_bytes(B=_GPT2_B, h=_GPT2_H, T=_GPT2_T, L=_GPT2_L, bytes_per=_FLOAT32) -> int:
+    """Bytes of L attention-weight tensors (B, h, T, T), one per layer."""
+    return L * B * h * T * T * bytes_per
+
+
+def _as_number(value):
+    """The reader's answer as a finite float `(x, None)`, or `(None, failed CheckResult)`."""
+    if isinstance(value, torch.Tensor) and value.numel() == 1:
+        value = value.item()
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return None, CheckResult(False, f"give a number of MiB (an int or a float), got {type(value).__name__}")
+    if not math.isfinite(value):
+        return None, CheckResult(False, f"got {value}: give a finite number of MiB")
+    return float(value), None
 
 
 @checker
-def check_attention_flops(fn) -> CheckResult:
-    """`fn(B, T, d_model, n_heads) -> int`: matmul FLOPs of one multi-head attention forward pass."""
-    for B, T, d, h in _FLOP_CASES:
-        expected = measured_attention_flops(B, T, d, h)
-        got, problem = run_with_timeout(fn, B, T, d, h)
+def check_gpt2_weights_mib(answer) -> CheckResult:
+    """`answer`: MiB of GPT-2 small's attention weights (B=8, T=1024, float32), one (B, h, T, T) per layer."""
+    got, problem = _as_number(answer)
+    if problem is not None:
+        return problem
+    expected = _gpt2_weights_bytes() / _MIB
+    if abs(got - expected) <= 0.5:
+        per_layer = _gpt2_weights_bytes(L=1)
+        activations = _GPT2_B * _GPT2_T * _GPT2_D * _FLOAT32  # one layer's (B, T, d_model) output
+        return CheckResult(True, f"{expected:,.0f} MiB ({expected / 1024:g} GiB): each layer's weights take "
+                                 f"{per_layer // activations} times its (B, T, d_model) activations, since "
+                                 f"h T / d_model = {_GPT2_H * _GPT2_T // _GPT2_D}")
+    wrong = {
+        _gpt2_weights_bytes() / 1e6: "you divided by 10^6 (MB); a MiB is 2^20 = 1,048,576 bytes",
+        _gpt2_weights_bytes(): "that is a number of bytes; give MiB (2^20 bytes)",
+        _gpt2_weights_bytes() / _MIB / 1024: "if that is GiB, the question asks for MiB (1 GiB = 1024 MiB); if it is "
+                                             "MiB, each head has one weight per (query, key) pair: T x T, not T",
+        _gpt2_weights_bytes(L=1) / _MIB: "that is 1/12 of the answer: did you count all 12 layers and all 12 heads?",
+        _gpt2_weights_bytes(B=1) / _MIB: "you left out the batch: every one of the B = 8 sequences has its own "
+                                         "weights",
+        _gpt2_weights_bytes(bytes_per=2) / _MIB: "that is half: a float32 takes 4 bytes, and the plain path stores "
+                                                 "the full T x T matrix, the masked half included",
+        _gpt2_weights_bytes(bytes_per=8) / _MIB: "a float32 takes 4 bytes, not 8",
+        _gpt2_weights_bytes() * 64 / _GPT2_T / _MIB: "that counts (B, h, T, d_k) tensors, the size of the queries; "
+                                                     "the attention weights are (B, h, T, T)",
+    }
+    for value, hint in wrong.items():
+        if math.isclose(got, value, rel_tol=1e-3):
+            return CheckResult(False, f"got {got:,.4g}: {hint}")
+    return CheckResult(False, f"got {got:,.4g} MiB: count the entries of one (B, h, T, T) tensor, multiply by 4 bytes "
+                              "and by the number of layers, then divide by 2^20")
+
+
+def reference_mha_parameters(d_model: int, n_heads: int, d_k: int, d_v: int) -> int:
+    """Parameters of W_Q, W_K (d_model -> h*d_k), W_V (d_model -> h*d_v), W_O (h*d_v -> d_model), with biases."""
+    layers = [nn.Linear(d_model, n_heads * d_k), nn.Linear(d_model, n_heads * d_k),
+              nn.Linear(d_model, n_heads * d_v), nn.Linear(n_heads * d_v, d_model)]
+    return sum(p.numel() for layer in layers for p in layer.parameters())
+
+
+# (d_model, h, d_k, d_v): the standard d_k = d_v = d_model/h, values narrower than keys, heads wider than d_model/h.
+_PARAM_CASES = [(64, 4, 16, 16), (40, 4, 16, 6), (32, 8, 16, 8)]
+
+
+def _param_hint(got: int, d: int, h: int, dk: int, dv: int) -> str | None:
+    qk, v = h * dk, h * dv
+    known = {
+        4 * d * d + 4 * d: "that is 4 d_model^2 + 4 d_model, which holds only when h*d_k = h*d_v = d_model",
+        2 * d * qk + 2 * d * v: "you left out the biases: each of the four Linear layers has one, as long as its "
+                                "output",
+        (d + 1) * (2 * qk + v) + d * d + d: "W_O maps the h*d_v concatenated head outputs back to d_model, so it is "
+                                            "(h*d_v) x d_model, not d_model x d_model",
+        (d + 1) * (2 * qk + v): "you left out the output projection W_O",
+        (d + 1) * 3 * qk + qk * d + d: "W_V projects to h*d_v features (and W_O reads h*d_v), not h*d_k",
+        (d + 1) * (2 * dk + dv) + dv * d + d: "that counts one head: every head has its own d_k and d_v columns, so "
+                                              "multiply the head widths by h",
+        (d + 1) * (2 * qk + v) + v * d + v: "W_O's bias has d_model entries, one per output feature",
+    }
+    expected = reference_mha_parameters(d, h, dk, dv)
+    return next((hint for value, hint in known.items() if value == got and value != expected), None)
+
+
+@checker
+def check_mha_parameters(fn) -> CheckResult:
+    """`fn(d_model, n_heads, d_k, d_v) -> int`: parameters of a multi-head attention layer with biases."""
+    for d, h, dk, dv in _PARAM_CASES:
+        expected = reference_mha_parameters(d, h, dk, dv)
+        got, problem = run_with_timeout(fn, d, h, dk, dv)
         if problem is not None:
             return problem
-        got, problem = as_int(got, "a count of FLOPs")
+        got, problem = as_int(got, "a number of parameters")
         if problem is not None:
             return problem
         if got != expected:
-            return CheckResult(False, f"for B={B}, T={T}, d_model={d}, h={h}: got {got:,}, FlopCounterMode "
-                                      f"counts {expected:,}. " + _flop_hint(got, expected, B, T, d, h))
-    return CheckResult(True, "your formula matches torch.utils.flop_counter.FlopCounterMode, and it does not "
-                             "depend on h")
-
-
-def _flop_hint(got: int, expected: int, B: int, T: int, d: int, h: int) -> str:
-    d_k = d // h
-    if 2 * got == expected:
-        return "a multiply-add counts as 2 FLOPs: an (m×k) @ (k×n) product costs 2·m·n·k"
-    known = {
-        -2 * B * T * d * d: "you left out the output projection, 2·B·T·d_model²",
-        -2 * B * T * d * 2 * d: "q, k and v need three projections: 2·B·T·d_model·3·d_model",
-        -2 * B * h * T * T * d_k: "attention has two matmuls per head: the scores q k^T and the weighted sum "
-                                  "of the values, each 2·B·h·T·T·d_k",
-        -4 * B * h * T * T * d_k: "you left out the attention itself: scores and weighted sum, "
-                                  "each 2·B·h·T·T·d_k",
-        4 * B * h * T * T * (d - d_k): "each head works in d_k = d_model/h dimensions, not d_model",
-    }
-    return known.get(got - expected, f"you are off by {got - expected:+,}; count each matmul as 2·m·n·k")
+            hint = (_param_hint(got, d, h, dk, dv)
+                    or "count W_Q, W_K, W_V and W_O one by one: inputs x outputs, plus a bias")
+            return CheckResult(False, f"for d_model={d}, h={h}, d_k={dk}, d_v={dv}: got {got:,}, the four nn.Linear "
+                                      f"layers hold {expected:,}. {hint}")
+    t5 = reference_mha_parameters(1024, 128, 128, 128) - (3 * 128 * 128 + 1024)  # T5-11B sizes, no biases
+    return CheckResult(True, f"with T5-11B's sizes (d_model 1024, 128 heads of d_k = d_v = 128, no biases) that is "
+                             f"{t5:,} per attention layer, 16 times a layer with d_k = d_model/h")

@@ -1,50 +1,14 @@
-"""Checkers for Chapter 7, "Multi-query and grouped-query attention". Each takes the reader's function, never raises."""
+"""Checkers for Chapter 7, "Multi-query and grouped-query attention". Each takes the reader's answer, never raises."""
 import torch
+from torch.utils.flop_counter import FlopCounterMode
 
-from ..gqa import kv_cache_bytes, mean_pool_kv_heads, repeat_kv
+from ..attention import Attention
+from ..gqa import kv_cache_bytes, repeat_kv
 from .base import CheckResult, as_int, check_tensor, checker, run_with_timeout
 
-# (label, n_layers, n_kv_heads, d_k, seq_len, batch_size, dtype_bytes)
-_CACHE_CASES = [  # the first case tells the usual mistakes apart: every missing factor differs
-    ("a 3-layer MQA model, 100 tokens, batch 5, float32", 3, 1, 64, 100, 5, 4),
-    ("Llama 2 70B (8 KV heads), 4096 tokens, batch 4, 16-bit", 80, 8, 128, 4096, 4, 2),
-    ("Llama 2 7B (MHA), 4096 tokens, 16-bit", 32, 32, 128, 4096, 1, 2),
-]
-
-
-@checker
-def check_kv_cache_bytes(fn) -> CheckResult:
-    """`fn(n_layers, n_kv_heads, d_k, seq_len, batch_size, dtype_bytes) -> int`: bytes of a KV cache."""
-    for label, L, h_kv, d_k, T, B, nbytes in _CACHE_CASES:
-        got, problem = run_with_timeout(fn, L, h_kv, d_k, T, B, nbytes)
-        if problem is not None:
-            return problem
-        got, problem = as_int(got, "a number of bytes")
-        if problem is not None:
-            return problem
-        expected = kv_cache_bytes(dict(n_layers=L, n_heads=h_kv, d_k=d_k), T, B, nbytes)
-        if got != expected:
-            return CheckResult(False, f"for {label}: got {got:,}, expected {expected:,}. "
-                                      + _cache_hint(got, expected, L, h_kv, d_k, T, B, nbytes))
-    return CheckResult(True, "2 × L × h_kv × d_k × T × B × bytes: Llama 2 70B's cache for 4096 tokens is "
-                             f"{_CACHE_CASES[1][1] * 2 * 8 * 128 * 4096 * 2 / 2**30:.2f} GiB per sequence")
-
-
-def _cache_hint(got, expected, L, h_kv, d_k, T, B, nbytes) -> str:
-    ratios = {
-        0.5: "the cache holds keys AND values: multiply by 2",
-        1 / nbytes: "multiply by the bytes per number (dtype_bytes) to get bytes, not numbers",
-        1 / B: "every sequence of the batch has its own cache: multiply by batch_size",
-        1 / L: "every layer has its own cache: multiply by n_layers",
-        1 / T: "the cache grows with the tokens: multiply by seq_len",
-        1 / (2 * nbytes): "multiply by 2 (K and V) and by dtype_bytes",
-    }
-    for ratio, hint in ratios.items():
-        if got * 1.0 == expected * ratio:
-            return hint
-    if got == expected * 2:
-        return "count K and V once each: the factor is 2, not 4"
-    return "write it as a product of the six arguments and a 2 for keys and values"
+# Llama 2 70B (Touvron et al. 2023, §2.2 and the released configuration): 80 layers, d_model 8192,
+# 64 query heads of d_k = 128, 8 key/value heads.
+_L, _D, _H, _H_KV, _D_K = 80, 8192, 64, 8, 128
 
 
 @checker
@@ -71,28 +35,140 @@ def check_repeat_kv(fn) -> CheckResult:
     return CheckResult(True, "each key/value head is copied to the n_rep query heads that read it")
 
 
+def _sequence_bytes(n_kv_heads: int, dtype_bytes: int = 2) -> int:
+    """KV-cache bytes of one 4096-token sequence of Llama 2 70B with `n_kv_heads` key/value heads."""
+    return kv_cache_bytes(dict(n_layers=_L, n_heads=_H, n_kv_heads=n_kv_heads, d_k=_D_K), 4096, 1, dtype_bytes)
+
+
+def _two_ints(answer, what: str):
+    """`answer` as a pair of ints `((a, b), None)`, or `(None, failed CheckResult)`."""
+    if isinstance(answer, dict) or not isinstance(answer, (tuple, list)) or len(answer) != 2:
+        return None, CheckResult(False, f"give a pair (with GQA, with MHA) of {what}, e.g. (10, 2); got "
+                                        f"{type(answer).__name__}" + (f" of length {len(answer)}"
+                                                                       if isinstance(answer, (tuple, list)) else ""))
+    pair = []
+    for value in answer:
+        if isinstance(value, float) and value == value and not value.is_integer():
+            return None, CheckResult(False, f"got {value:g}: only whole sequences fit in the cache, so give an int "
+                                            "(rounded down)")
+        n, problem = as_int(value, what)
+        if problem is not None:
+            return None, problem
+        pair.append(n)
+    return tuple(pair), None
+
+
 @checker
-def check_mean_pool(fn) -> CheckResult:
-    """`fn(w, n_heads, n_kv_heads)`: average consecutive groups of heads of a `(n_heads * d_k, d_in)` projection."""
-    g = torch.Generator().manual_seed(3)
-    for n_heads, n_kv, d_k, d_in in ((4, 2, 3, 5), (8, 1, 2, 3), (6, 3, 4, 2), (4, 4, 2, 3)):
-        w = torch.randn(n_heads * d_k, d_in, generator=g)
-        got, problem = run_with_timeout(fn, w.clone(), n_heads, n_kv)
+def check_fits_in_40gb(answer) -> CheckResult:
+    """`answer`: (sequences with GQA, sequences with MHA) of 4096 tokens in a 40 GB KV-cache budget, 16-bit."""
+    pair, problem = _two_ints(answer, "numbers of sequences")
+    if problem is not None:
+        return problem
+    budget = 40 * 10**9
+
+    def fits(per_sequence, budget=budget):
+        return budget // per_sequence
+
+    expected = (fits(_sequence_bytes(_H_KV)), fits(_sequence_bytes(_H)))
+    if pair == expected:
+        return CheckResult(True, f"{expected[0]} sequences with 8 key/value heads, {expected[1]} with 64: "
+                                 "with GQA each sequence needs an eighth of the cache")
+    mistakes = [
+        ((expected[1], expected[0]), "the pair is the wrong way round: first with GQA (8 key/value heads), "
+                                     "then with MHA (64)"),
+        ((fits(_sequence_bytes(_H_KV), 40 * 2**30), fits(_sequence_bytes(_H), 40 * 2**30)),
+         "40 GB is 40 × 10^9 bytes; you used 40 GiB (40 × 2^30)"),
+        ((-(-budget // _sequence_bytes(_H_KV)), -(-budget // _sequence_bytes(_H))),
+         "a sequence that does not fit whole cannot be served: round down, not up"),
+        ((fits(_sequence_bytes(_H_KV) // 2), fits(_sequence_bytes(_H) // 2)),
+         "the cache holds keys AND values: 2 vectors per head per token per layer"),
+        ((fits(_sequence_bytes(_H_KV, 4)), fits(_sequence_bytes(_H, 4))),
+         "16-bit numbers are 2 bytes each, not 4"),
+        ((fits(_sequence_bytes(_H_KV) // _L), fits(_sequence_bytes(_H) // _L)),
+         "every one of the 80 layers keeps its own keys and values"),
+    ]
+    for wrong, hint in mistakes:
+        if pair == wrong:
+            return CheckResult(False, hint)
+    if pair[0] == pair[1]:
+        return CheckResult(False, "the two answers should differ: with GQA, 8 query heads share each key/value "
+                                  "head; with MHA each of the 64 query heads has its own")
+    if pair[0] == expected[0]:
+        return CheckResult(False, "the GQA number is right; for MHA, n_kv_heads = n_heads = 64")
+    if pair[1] == expected[1]:
+        return CheckResult(False, "the MHA number is right; with GQA only 8 key/value heads are cached")
+    return CheckResult(False, "work out the bytes of one sequence's cache (Chapter 7's formula, T = 4096, "
+                              "2 bytes per number), then how many whole ones fit into 40 × 10^9 bytes")
+
+
+def measured_gqa_flops(B: int, T: int, d_model: int, n_heads: int, n_kv_heads: int) -> int:
+    """FLOPs of one forward pass of `Attention(d_model, n_heads, n_kv_heads)` on `(B, T, d_model)`, PyTorch's count."""
+    torch.manual_seed(0)
+    module = Attention(d_model, n_heads, n_kv_heads=n_kv_heads, impl="manual")
+    with torch.no_grad(), FlopCounterMode(display=False) as counter:
+        module(torch.zeros(B, T, d_model))
+    return counter.get_total_flops()
+
+
+# (B, T, d_model, h, h_kv); in the first case every typical mistake gives a different count
+_FLOP_CASES = [(2, 10, 48, 6, 2), (1, 16, 64, 8, 1), (3, 7, 32, 4, 4)]
+
+
+@checker
+def check_gqa_flops(fn) -> CheckResult:
+    """`fn(B, T, d_model, n_heads, n_kv_heads) -> int`: matmul FLOPs of one grouped-query attention forward."""
+    for B, T, d, h, h_kv in _FLOP_CASES:
+        expected = measured_gqa_flops(B, T, d, h, h_kv)
+        got, problem = run_with_timeout(fn, B, T, d, h, h_kv)
         if problem is not None:
             return problem
-        expected = mean_pool_kv_heads(w, n_heads, n_kv)
-        name = f"mean_pool(w {tuple(w.shape)}, n_heads={n_heads}, n_kv_heads={n_kv})"
-        if isinstance(got, torch.Tensor) and got.shape == expected.shape and n_heads > n_kv:
-            r = n_heads // n_kv
-            strided = w.reshape(r, n_kv, d_k, d_in).mean(0).reshape(n_kv * d_k, d_in)
-            if n_kv > 1 and torch.allclose(got, strided, atol=1e-5):
-                return CheckResult(False, f"{name}: you averaged heads g, g + n_kv_heads, ... (strided); query head "
-                                          "j reads key/value head j // r, so group g is the CONSECUTIVE heads "
-                                          "g*r ... (g+1)*r - 1")
-            if torch.allclose(got, expected * r, atol=1e-4):
-                return CheckResult(False, f"{name}: these are the sums of each group; divide by the group size "
-                                          f"r = n_heads / n_kv_heads = {r} (a mean, not a sum)")
-        result = check_tensor(got, expected, name=name)
-        if not result.passed:
-            return result
-    return CheckResult(True, "each new key/value head is the mean of the r consecutive heads it replaces")
+        got, problem = as_int(got, "a count of FLOPs")
+        if problem is not None:
+            return problem
+        if got != expected:
+            hint = _flop_hint(got, expected, B, T, d, h, h_kv)
+            return CheckResult(False, f"for B={B}, T={T}, d_model={d}, h={h}, h_kv={h_kv}: got {got:,}, "
+                                      f"FlopCounterMode counts {expected:,}. {hint}")
+    return CheckResult(True, "your formula matches FlopCounterMode: only the key and value projections "
+                             "depend on h_kv; the scores and the weighted sum still run per query head")
+
+
+def _flop_hint(got: int, expected: int, B: int, T: int, d: int, h: int, h_kv: int) -> str:
+    d_k = d // h
+    if 2 * got == expected:
+        return "a multiply-add counts as 2 FLOPs: an (m×k) @ (k×n) product costs 2·m·n·k"
+    known = {
+        4 * B * T * d * (h - h_kv) * d_k: "this is the multi-head count: the key and value projections "
+                                          "produce only h_kv heads of d_k numbers",
+        -4 * B * (h - h_kv) * T * T * d_k: "the scores q k^T and the weighted sum of the values are computed "
+                                           "for every QUERY head, not once per key/value head",
+        -2 * B * T * d * d: "you left out the query projection or the output projection",
+        -4 * B * h * T * T * d_k: "you left out the attention itself: the scores and the weighted sum",
+        -2 * B * T * d * h_kv * d_k: "you left out the key or the value projection: both are computed",
+    }
+    return known.get(got - expected, f"you are off by {got - expected:+,}; count each matmul as 2·m·n·k")
+
+
+@checker
+def check_extra_params(answer) -> CheckResult:
+    """`answer`: how many more parameters Llama 2 70B would have with 64 key/value heads instead of 8."""
+    got, problem = as_int(answer, "a number of parameters")
+    if problem is not None:
+        return problem
+    per_head = _D * _D_K  # one head's rows of a key (or value) projection, no bias
+    expected = _L * 2 * (_H - _H_KV) * per_head
+    if got == expected:
+        return CheckResult(True, f"{expected:,} parameters, {expected / 70e9:.0%} of the model; Llama 2's ablation "
+                                 "widened the FFN of its GQA model to compare at about equal size")
+    mistakes = {
+        expected // _L: "that is one layer; all 80 layers have their own key and value projections",
+        expected // 2: "both the key and the value projection grow",
+        _L * 2 * _H * per_head: "that is all of the MHA key/value parameters; GQA already has 8 heads of them",
+        _L * 2 * _H_KV * per_head: "that is what the 8 key/value heads already hold; count the 56 missing ones",
+        _L * 4 * (_H - _H_KV) * per_head: "only the key and value projections change; the query and output "
+                                          "projections keep their 64 heads (and count parameters, not bytes)",
+    }
+    if got in mistakes:
+        return CheckResult(False, mistakes[got])
+    return CheckResult(False, "count the rows of the key and value projections (d_k per head, d_model columns) "
+                              "that 56 more key/value heads would add, in each of the 80 layers")

@@ -1,7 +1,7 @@
-"""Checkers for Chapter 8, "Local and sparse attention". Each takes the reader's function and never raises."""
+"""Checkers for Chapter 8, "Local and sparse attention". Each takes the reader's answer and never raises."""
 import torch
 
-from ..sparse_attention import sliding_window_mask, strided_mask
+from ..sparse_attention import sliding_window_mask
 from .base import CheckResult, as_int, check_tensor, checker, run_with_timeout
 
 MASK_CASES = [(6, 3), (10, 4), (9, 1), (5, 8)]  # (T, window or stride)
@@ -75,83 +75,141 @@ def check_window_mask(fn) -> CheckResult:
     return CheckResult(True, "each query sees itself and the window-1 keys before it, never a later one")
 
 
-@checker
-def check_strided_mask(fn) -> CheckResult:
-    """`fn(T, stride) -> bool (T, T)`: Child et al.'s strided pattern, the union of its two heads."""
-    cases = [(12, 3), (16, 4), (7, 2), (5, 1)]
-    for T, l in cases:
-        got, problem = run_with_timeout(fn, T, l)
-        if problem is not None:
-            return problem
-        name = f"the mask for T={T}, stride={l}"
-        got, problem = _as_mask(got, T, name)
-        if problem is not None:
-            return problem
-        hint = _mask_hint(got, T, l, strided_mask, name)
-        if hint is not None and hint.passed:
-            continue
-        if hint is not None:
-            return hint
-        i, j = torch.arange(T)[:, None], torch.arange(T)[None, :]
-        causal = j <= i
-        local = causal & (i - j <= l)
-        every = causal & ((i - j) % l == 0)
-        if torch.equal(got, local):
-            return CheckResult(False, f"{name} has only the local part (A1); add every stride-th earlier "
-                                      f"position, (i - j) % stride == 0 (A2)")
-        if torch.equal(got, every):
-            return CheckResult(False, f"{name} has only the strided part (A2); add the previous stride positions "
-                                      f"(A1: max(0, i - stride) <= j <= i)")
-        if torch.equal(got, causal & ((i - j <= l) | (j % l == 0))):
-            return CheckResult(False, f"{name} keeps the columns j % stride == 0; the strided head counts back "
-                                      f"from the query: (i - j) % stride == 0")
-        if torch.equal(got, local & every):
-            return CheckResult(False, f"{name} is the intersection of the two parts; a merged head sees their "
-                                      f"union (|)")
-        return check_tensor(got, strided_mask(T, l), name=name)
-    return CheckResult(True, "the previous stride positions and every stride-th one before them, causal")
-
-
-def _earliest(t, pattern, window):
-    if "global" in pattern:
+def _earliest(t, windows):
+    if any(w is None for w in windows):  # one global layer reads every earlier position
         return 0
-    return max(0, t - len(pattern) * (window - 1))
+    return max(0, t - sum(w - 1 for w in windows))
 
 
 @checker
 def check_earliest_input(fn) -> CheckResult:
-    """`fn(t, pattern, window) -> int`: the earliest input position that output t depends on."""
+    """`fn(t, windows) -> int`: the earliest input position output t depends on; windows[l] None = global."""
     cases = [
-        (50, ("local",) * 3, 5),
-        (10, ("local",), 4),
-        (100, ("local",) * 4, 8),
-        (7, ("local",) * 4, 3),  # the field reaches past the start of the sequence
-        (100, ("local", "global", "local"), 4),
-        (100, ("global", "global"), 4),
-        (30, ("local",) * 2, 1),
+        (100, (8, 4, 16)),  # windows that differ tell the usual mistakes apart
+        (50, (5, 5, 5)),
+        (10, (4,)),
+        (7, (3, 3, 3, 3)),  # the field reaches past the start of the sequence
+        (100, (4, None, 4)),
+        (100, (None, None)),
+        (30, (1, 1)),
+        (1000, (64, 32, 16, 8)),
     ]
-    for t, pattern, w in cases:
-        got, problem = run_with_timeout(fn, t, pattern, w)
+    for t, windows in cases:
+        got, problem = run_with_timeout(fn, t, windows)
+        if problem is not None and None in windows and "raised" in problem.message:
+            return CheckResult(False, f"for windows={windows} {problem.message}; an entry None is a global layer")
         if problem is not None:
             return problem
         got, problem = as_int(got, "a position")
         if problem is not None:
             return problem
-        expected = _earliest(t, pattern, w)
+        expected = _earliest(t, windows)
         if got == expected:
             continue
-        where = f"for t={t}, pattern={pattern}, window={w}: got {got}, expected {expected}"
-        L = len(pattern)
-        if "global" in pattern:
-            return CheckResult(False, f"{where}. One global layer lets position t read every earlier position, "
-                                      f"so the field starts at 0")
-        if got == t - L * (w - 1):
+        where = f"for t={t}, windows={windows}: got {got}, expected {expected}"
+        if None in windows:
+            return CheckResult(False, f"{where}. A global layer (None) lets position t read every earlier "
+                                      f"position, so what reaches the output can start anywhere")
+        reach = sum(w - 1 for w in windows)
+        if got == t - reach:
             return CheckResult(False, f"{where}. Positions start at 0: clip with max(0, ...)")
-        if got in (t - L * w, max(0, t - L * w), t - L * w + 1, max(0, t - L * w + 1)):
-            return CheckResult(False, f"{where}. Each local layer reaches window-1 positions back (the window "
-                                      f"counts the query itself), so L layers reach L (window - 1)")
-        if got in (t - (w - 1), max(0, t - (w - 1))):
-            return CheckResult(False, f"{where}. That is one layer's reach; each of the {L} local layers adds "
-                                      f"window-1 more")
+        if got in {t - sum(windows), max(0, t - sum(windows)), t - sum(windows) + 1, max(0, t - sum(windows) + 1)}:
+            return CheckResult(False, f"{where}. A layer of window w reaches w - 1 positions back (the window "
+                                      f"counts the query itself)")
+        same = {max(0, t - len(windows) * (w - 1)) for w in windows}
+        if got in same:
+            return CheckResult(False, f"{where}. The layers have different windows: add up what each one "
+                                      f"reaches rather than using one window for all")
+        if got in {max(0, t - (w - 1)) for w in windows}:
+            return CheckResult(False, f"{where}. That is one layer's reach; each of the {len(windows)} layers "
+                                      f"reaches further back from where the layer below already reached")
         return CheckResult(False, where)
-    return CheckResult(True, "L local layers reach back L (w - 1) positions; one global layer reaches position 0")
+    return CheckResult(True, "local layers add up their reaches, sum of (w - 1); one global layer reaches 0")
+
+
+BANDED_T, BANDED_WINDOW = 1000, 64
+
+
+@checker
+def check_banded_scores(answer) -> CheckResult:
+    """`answer`: how many scores banded_attention forms per batch element and head for T=1000, window=64."""
+    got, problem = as_int(answer, "a number of scores")
+    if problem is not None:
+        return problem
+    T, w = BANDED_T, BANDED_WINDOW
+    n = -(-T // w)  # chunks, the last one padded
+    expected = n * w * 2 * w
+    if got == expected:
+        return CheckResult(True, f"{n} chunks (T is padded from {T} to {n * w}) x {w} queries x {2 * w} keys; "
+                                 f"the band itself keeps {w * T - w * (w - 1) // 2:,} of them")
+    hints = {
+        T * T: "that is the full T x T score matrix, which the masked version forms; banded_attention never "
+               "forms it",
+        T * (T + 1) // 2: "that is the causal triangle; banded_attention never forms scores outside its chunks",
+        2 * T * w: "close: 2 T w assumes T divides into chunks of the window; look at what the code does when "
+                   "it does not",
+        w * T - w * (w - 1) // 2: "that counts the pairs the softmax keeps; the code also forms the scores "
+                                  "inside each block that it then masks",
+        T * w: "that counts about the pairs the softmax keeps; the code also forms the scores inside each "
+               "block that it then masks",
+        n * w * w: "each chunk of queries is scored against the keys of its own chunk and of the one before it",
+        (T // w) * w * 2 * w: "the last chunk is not dropped: the code pads T up to a multiple of the window",
+    }
+    if got in hints:
+        return CheckResult(False, f"got {got:,}. {hints[got]}")
+    if got > 0 and got % expected == 0:
+        return CheckResult(False, f"got {got:,}: count for one batch element and one head")
+    return CheckResult(False, f"got {got:,}. Count the chunks n = ceil(T / window) and the shape of the "
+                              f"scores tensor, (B, h, n, window, 2 window)")
+
+
+# (label, T, windows per layer (None = global), n_kv_heads, d_k, dtype_bytes)
+_CACHE_CASES = [  # the first case tells the usual mistakes apart
+    ("windows (4, None, 4), 10 tokens, 2 KV heads, d_k=8, float32", 10, (4, None, 4), 2, 8, 4),
+    ("windows (8, None), 3 tokens, 1 KV head, d_k=4, 16-bit", 3, (8, None), 1, 4, 2),
+    ("Mistral 7B's shapes (32 local layers of window 4096), 32768 tokens", 32768, (4096,) * 32, 8, 128, 2),
+    ("Mistral 7B's shapes, layers alternating local (4096) and global, 32768 tokens",
+     32768, (4096, None) * 16, 8, 128, 2),
+    ("two global layers, 5 tokens", 5, (None, None), 4, 16, 4),
+]
+
+
+def _cache_bytes(T, windows, h_kv, d_k, nbytes, slots=lambda T, w: min(T, w)):
+    return sum(2 * h_kv * d_k * nbytes * (T if w is None else slots(T, w)) for w in windows)
+
+
+@checker
+def check_windowed_cache_bytes(fn) -> CheckResult:
+    """`fn(T, windows, n_kv_heads, d_k, dtype_bytes) -> int`: KV-cache bytes of one sequence after T tokens."""
+    for label, T, windows, h_kv, d_k, nbytes in _CACHE_CASES:
+        got, problem = run_with_timeout(fn, T, windows, h_kv, d_k, nbytes)
+        if problem is not None:
+            return problem
+        got, problem = as_int(got, "a number of bytes")
+        if problem is not None:
+            return problem
+        expected = _cache_bytes(T, windows, h_kv, d_k, nbytes)
+        if got == expected:
+            continue
+        where = f"for {label}: got {got:,}, expected {expected:,}"
+        wrong = {
+            _cache_bytes(T, windows, h_kv, d_k, nbytes, lambda T, w: T):
+                "a local layer keeps only its last `window` positions (a rolling buffer), not all T",
+            _cache_bytes(T, windows, h_kv, d_k, nbytes, lambda T, w: w):
+                "before the window fills up, a local layer holds only the T tokens seen so far: min(T, window)",
+            _cache_bytes(T, windows, h_kv, d_k, nbytes, lambda T, w: min(T, w - 1)):
+                "the window counts the newest token itself, so the buffer holds `window` positions",
+            expected // 2: "the cache holds keys AND values: multiply by 2",
+            expected // nbytes: "multiply by the bytes per number (dtype_bytes) to get bytes, not numbers",
+            expected // (2 * nbytes): "multiply by 2 (keys and values) and by dtype_bytes",
+            _cache_bytes(T, [w for w in windows if w is not None], h_kv, d_k, nbytes):
+                "the global layers (None) have a cache too: they keep all T positions",
+        }
+        if got in wrong:
+            return CheckResult(False, f"{where}. {wrong[got]}")
+        return CheckResult(False, f"{where}. Add up the layers: each holds 2 x n_kv_heads x d_k x dtype_bytes "
+                                  f"bytes per position it keeps")
+    full = _cache_bytes(32768, (None,) * 32, 8, 128, 2) / 2**30
+    mixed = _cache_bytes(32768, (4096, None) * 16, 8, 128, 2) / 2**30
+    return CheckResult(True, f"each layer keeps T (global) or min(T, window) (local) positions; alternating "
+                             f"layers need {mixed:.2f} GiB at 32K tokens, full attention {full:.0f} GiB")
