@@ -1,11 +1,12 @@
 """Chapter 2's checkers: the reference answers pass, typical mistakes get specific hints, nothing crashes."""
+import math
 import re
 import time
 
 import numpy as np
 
 from transformer_course.exercises import ch02
-from transformer_course.tokenization import get_stats, train_fast
+from transformer_course.tokenization import EOT, get_stats, split_text, train_fast
 
 
 def merge(ids, pair, idx):
@@ -100,6 +101,17 @@ def test_run_merges_match_the_package_trainer_and_a_hand_count():
             raise AssertionError(f"train_fast learned more than {k} merges from {n} bytes")
 
 
+def test_what_deleting_special_tokens_breaks():
+    """The solution's answer to "what goes wrong if you delete them": two claims, each checked here."""
+    text = "The end.<|endoftext|>The cat."
+    deleted = list(text.replace(EOT, "").encode("utf-8"))
+    assert (ord("."), ord("T")) in get_stats(deleted)  # a pair across the place where the token stood...
+    pieces = [list(p.encode("utf-8")) for p in text.split(EOT)]
+    assert all((ord("."), ord("T")) not in get_stats(p) for p in pieces)  # ...that the split never counts
+    assert split_text("end<|endoftext|>The") == ["end", "The"]  # the package splits at the token
+    assert split_text("end<|endoftext|>The".replace(EOT, "")) == ["endThe"]  # deleting makes one chunk
+
+
 def test_train_with_specials_hints():
     def raw(text, n, specials):
         return train_with_specials(text, n, ())
@@ -138,6 +150,31 @@ def test_train_with_specials_hints():
     assert not keys.passed and "pairs of int ids" in keys.message
     assert "returned None" in ch02.check_train_with_specials(lambda *a: None).message
     assert "return a dict" in ch02.check_train_with_specials(lambda *a: "merges").message
+
+
+def test_run_merges_by_runs_is_the_same_loop():
+    """The run-length loop that checks n = 10**12 agrees with the byte-by-byte loop wherever that can run."""
+    for n in range(1, 600):
+        assert ch02.run_merges_by_runs(n) == ch02.run_merges(n), n
+    assert ch02.run_merges_by_runs(4097) == ch02.run_merges(4097) == 13  # 2**12 + 1: 12 doublings, then 1
+    # 10**12 has 40 binary digits, 13 of them ones: 39 doubling merges, then 12 to join 13 leftovers.
+    assert ch02.run_merges_by_runs(10**12) == 39 + 12 == merges_for_run(10**12)
+
+
+def test_merges_for_run_needs_a_formula():
+    """A simulation answers every small n, so the checker also asks for n = 10**12, which no simulation reaches."""
+    def simulate(n):
+        return ch02.run_merges(n)  # right, but byte by byte
+
+    result = ch02.check_merges_for_run(simulate)
+    assert not result.passed and "10**12" in result.message and "cannot be built or simulated" in result.message
+    floats = ch02.check_merges_for_run(lambda n: int(math.log2(n)) + bin(n).count("1") - 1)
+    assert not floats.passed and "2**60 - 1" in floats.message and "floats" in floats.message
+    started = time.monotonic()
+    slow = ch02.check_merges_for_run(lambda n: merges_for_run(n) if n < 10**6 else time.sleep(60))
+    assert not slow.passed and "did not finish" in slow.message and time.monotonic() - started < 15
+    passed = ch02.check_merges_for_run(merges_for_run)
+    assert "15 run lengths up to 4,097" in passed.message and "every run length" not in passed.message
 
 
 def test_merges_for_run_hints():
@@ -180,6 +217,13 @@ def test_encode_hints():
 
     partial = ch02.check_encode(one_round)
     assert not partial.passed and "not applied" in partial.message
+
+
+def test_encode_hints_never_reveal_the_ids():
+    wiki = "[258, 100, 258, 97, 99]"  # the expected ids of the first case
+    for wrong in (lambda text, merges: [1, 2, 3], lambda text, merges: [258] * 9):
+        result = ch02.check_encode(wrong)
+        assert not result.passed and wiki not in result.message and "258, 100" not in result.message
 
 
 def test_checkers_never_crash():

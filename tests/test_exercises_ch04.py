@@ -91,6 +91,14 @@ def test_rope_slow_frequencies_hint():
     assert not result.passed and "10000^(−2i/d)" in result.message
 
 
+def test_interpolation_success_message_states_the_range():
+    """Chen et al. §2.3 map the positions into [0, L): for T = 128, L = 64 the last is 127 · 64/128 = 63.5."""
+    last = ch04.rope_interpolated_reference(128, 16, 64)[0]  # cos table; pair 0 turns 1 radian per position
+    torch.testing.assert_close(last[-1, 0], torch.tensor(math.cos(63.5), dtype=torch.float64))
+    result = ch04.check_rope_interpolated(hf_linear_scaling)
+    assert result.passed and "[0, L)" in result.message and "below L·θ_i" not in result.message
+
+
 def test_interpolation_reference_is_huggingfaces_linear_scaling():
     for T, d_k, L in ((128, 16, 64), (10, 8, 4), (48, 16, 64)):
         for ours, theirs in zip(ch04.rope_interpolated_reference(T, d_k, L), hf_linear_scaling(T, d_k, L)):
@@ -139,13 +147,34 @@ def test_interpolation_hints():
     assert not transposed.passed and "shape" in transposed.message, transposed.message
 
 
+def _count(d_k=16, max_distance=63, exponent=2.0, full_turn=2 * math.pi, below=True):
+    """A reader's count, written independently of the checker: pairs i = 0 .. d_k/2 - 1 whose largest angle
+    max_distance * 10000^(-exponent i / d_k) stays below (or, below=False, reaches) full_turn."""
+    angles = [max_distance * 10000.0 ** (-exponent * i / d_k) for i in range(d_k // 2)]
+    return sum((a < full_turn) == below for a in angles)
+
+
 def test_partial_pairs_hints():
-    cases = [(3, "DO complete"), (4, "2π radians, not 1"), (11, "not 32"), (10, "not dimensions"),
-             (9, "only 8 rotation pairs"), (-1, "only 8 rotation pairs"), (7, "below 2π")]
+    assert _count() == PARTIAL_PAIRS
+    # two different mistakes give the same wrong count, so its hint names both checks
+    assert _count(below=False) == _count(exponent=1.0) == 3
+    cases = [(_count(below=False), "−2i/d_k"), (_count(exponent=1.0), "which side of 2π"),
+             (_count(full_turn=1.0), "2π radians, not 1"), (_count(d_k=32), "not 32"),
+             (2 * PARTIAL_PAIRS, "only 8 rotation pairs"),  # dimensions counted instead of pairs
+             (9, "only 8 rotation pairs"), (-1, "only 8 rotation pairs"), (7, "below 2π"), (0, "below 2π")]
     for answer, words in cases:
         result = ch04.check_n_partial_pairs(answer)
         assert not result.passed and words in result.message, (answer, result.message)
-        assert str(PARTIAL_PAIRS) not in result.message.replace(f"got {answer}", "")  # the hint hides the answer
+        hint = result.message.replace(f"got {answer}", "")
+        assert str(PARTIAL_PAIRS) not in hint  # the hint hides the answer...
+        assert "count the others" not in hint and "not dimensions" not in hint  # ...and no arithmetic to it
+
+
+def test_partial_pairs_success_notes_the_close_call():
+    """Pair 2 completes its turn only just: 63 · 10000^(-4/16) = 6.300 against 2π = 6.283."""
+    assert 2 * math.pi < 63 * 10000.0 ** (-4 / 16) < 2 * math.pi + 0.02
+    result = ch04.check_n_partial_pairs(PARTIAL_PAIRS)
+    assert result.passed and "6.300" in result.message and "6.283" in result.message, result.message
 
 
 def test_checkers_never_crash():

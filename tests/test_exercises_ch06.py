@@ -17,15 +17,18 @@ def mha_parameters(d_model, n_heads, d_k, d_v):
     return (d_model * qk + qk) * 2 + (d_model * v + v) + (v * d_model + d_model)
 
 
-GPT2_WEIGHTS_MIB = 4608  # 12 layers x 8 sequences x 12 heads x (1024 x 1024 x 4 bytes = 4 MiB)
+# Per layer: two float32 (8, 12, 1024, 1024) tensors of 4 MiB per (sequence, head), i.e. 2 x 384 MiB, plus a
+# bool (1024, 1024) causal mask of 1 MiB; 12 layers: 12 x 769 = 9228 MiB. test_saved_tensors_are_measured
+# checks what autograd really keeps on the package's Attention.
+GPT2_SAVED_MIB = 9228
 
 
 def test_reference_answers_pass():
     assert ch06.check_merge_heads(merge_heads).passed
     assert ch06.check_merge_heads(ch06.reference_merge_heads).passed
-    assert ch06.check_gpt2_weights_mib(GPT2_WEIGHTS_MIB).passed
-    assert ch06.check_gpt2_weights_mib(4608.0).passed
-    assert ch06.check_gpt2_weights_mib(torch.tensor(4608)).passed
+    assert ch06.check_gpt2_saved_mib(GPT2_SAVED_MIB).passed
+    assert ch06.check_gpt2_saved_mib(9228.0).passed
+    assert ch06.check_gpt2_saved_mib(torch.tensor(9228)).passed
     assert ch06.check_mha_parameters(mha_parameters).passed
 
 
@@ -39,28 +42,52 @@ def test_parameter_reference_matches_the_module_and_the_formula():
         torch.manual_seed(0)
         module = sum(p.numel() for p in Attention(d, h).parameters())
         assert ch06.reference_mha_parameters(d, h, d // h, d // h) == module == 4 * d * d + 4 * d
-    # d_model 48, 6 heads, d_k 12, d_v 4: W_Q and W_K 48x72 + 72 each, W_V 48x24 + 24, W_O 24x48 + 48.
+    # d_model 48, 6 heads, d_k 12, d_v 4: W_q and W_k 48x72 + 72 each, W_v 48x24 + 24, W_o 24x48 + 48.
     assert ch06.reference_mha_parameters(48, 6, 12, 4) == 2 * (48 * 72 + 72) + (48 * 24 + 24) + (24 * 48 + 48)
+
+
+def _measured_saved_square_bytes(B, T, d_model, h):
+    """Bytes of the distinct (..., T, T) tensors autograd saves in one forward of the package's Attention."""
+    torch.manual_seed(0)
+    layer = Attention(d_model, h)
+    x = torch.randn(B, T, d_model, requires_grad=True)
+    saved = {}
+
+    def pack(t):
+        if tuple(t.shape[-2:]) == (T, T):
+            saved[t.untyped_storage().data_ptr()] = t.untyped_storage().nbytes()
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        layer(x)
+    return sum(saved.values())
+
+
+def test_saved_tensors_are_measured():
+    for B, T, d_model, h in [(1, 16, 24, 3), (2, 20, 32, 4), (3, 12, 32, 8)]:
+        assert _measured_saved_square_bytes(B, T, d_model, h) == ch06.saved_square_bytes(B, h, T)
 
 
 def test_gpt2_hints():
     def hint(answer):
-        result = ch06.check_gpt2_weights_mib(answer)
+        result = ch06.check_gpt2_saved_mib(answer)
         assert not result.passed
         return result.message
 
-    assert "10^6" in hint(4608 * 2**20 / 1e6)
-    assert "bytes; give MiB" in hint(4608 * 2**20)
-    assert "GiB" in hint(4.5)
-    assert "all 12 layers and all 12 heads" in hint(384)
-    assert "left out the batch" in hint(576)
-    assert "that is half" in hint(2304)
-    assert "not 8" in hint(9216)
-    assert "(B, h, T, d_k)" in hint(288)
-    assert "count the entries" in hint(1234)
-    for answer in (4.5, 384, 576, 2304, 9216, 288, 1234):
-        assert "4608" not in hint(answer) and "4,608" not in hint(answer)
-    assert "give a number" in hint("4608")
+    assert "one float32 (B, h, T, T) tensor per layer" in hint(4608)
+    assert "one float32 (B, h, T, T) tensor per layer" in hint(4620)
+    assert "one more (..., T, T) tensor" in hint(9216)
+    assert "every float tensor the forward writes" in hint(27648)
+    assert "every tensor the forward writes" in hint(12 * (8 * 12 * 25 + 2))
+    assert "10^6" in hint(9228 * 2**20 / 1e6)
+    assert "bytes; give MiB" in hint(9228 * 2**20)
+    assert "GiB" in hint(9228 / 1024)
+    assert "one layer" in hint(769)
+    assert "left out the batch" in hint(12 * (2 * 12 * 4 + 1))
+    assert "pack() receives" in hint(1234)
+    for answer in (4608, 9216, 27648, 769, 1234):
+        assert "9228" not in hint(answer) and "9,228" not in hint(answer)
+    assert "give a number" in hint("9228")
     assert "finite" in hint(float("inf"))
 
 
@@ -75,7 +102,7 @@ def test_parameter_hints():
     assert "not d_model x d_model" in hint(
         lambda d, h, dk, dv: (d + 1) * (2 * h * dk + h * dv) + d * d + d)
     assert "output projection" in hint(lambda d, h, dk, dv: (d + 1) * (2 * h * dk + h * dv))
-    assert "W_V projects to h*d_v" in hint(lambda d, h, dk, dv: (d + 1) * 3 * h * dk + h * dk * d + d)
+    assert "W_v projects to h*d_v" in hint(lambda d, h, dk, dv: (d + 1) * 3 * h * dk + h * dk * d + d)
     assert "that counts one head" in hint(lambda d, h, dk, dv: (d + 1) * (2 * dk + dv) + dv * d + d)
     assert "bias has d_model entries" in hint(
         lambda d, h, dk, dv: (d + 1) * (2 * h * dk + h * dv) + h * dv * d + h * dv)
@@ -108,8 +135,8 @@ def test_checkers_never_crash():
         hung = check(hang)
         assert not hung.passed and "did not finish" in hung.message
         assert time.monotonic() - started < 15
-    for answer in (None, float("nan"), [4608], {"mib": 4608}, True, boom, torch.zeros(2)):
-        result = ch06.check_gpt2_weights_mib(answer)
+    for answer in (None, float("nan"), [9228], {"mib": 9228}, True, boom, torch.zeros(2)):
+        result = ch06.check_gpt2_saved_mib(answer)
         assert not result.passed and result.message
     nan = ch06.check_merge_heads(lambda x: torch.full((x.shape[0], x.shape[2], x.shape[1] * x.shape[3]), float("nan")))
     assert not nan.passed and "NaN" in nan.message

@@ -29,6 +29,7 @@ EXTRA = 80 * 2 * 56 * 8192 * 128  # 56 more heads of d_k = 128 rows of 8192 weig
 def test_reference_answers_pass():
     assert ch07.check_repeat_kv(repeat_kv).passed
     assert ch07.check_fits_in_40gb(FITS).passed
+    assert "9.7x, not 8x" in ch07.check_fits_in_40gb(FITS).message  # 29 / 3: the floors, not 8
     assert ch07.check_fits_in_40gb([29.0, torch.tensor(3)]).passed  # a list, an integral float, a tensor
     assert ch07.check_gqa_flops(gqa_flops).passed
     assert ch07.check_extra_params(EXTRA).passed

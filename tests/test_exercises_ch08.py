@@ -167,3 +167,28 @@ def test_a_hanging_function_times_out(monkeypatch):
         result = check(hang)
         assert not result.passed and "did not finish" in result.message
         assert time.perf_counter() - start < 3
+
+
+def test_failures_never_print_the_answer():
+    # earliest_input: the exercise asks for t = 1000, windows (8, 16, 32, 64): worked by hand,
+    # 1000 - (7 + 15 + 31 + 63) = 884. A wrong answer must not be told 884 or any expected value.
+    wrong_answers = (
+        lambda t, ws: 0 if None in ws else max(0, t - sum(ws)),
+        lambda t, ws: 0 if None in ws else 17,                      # no recognised mistake
+        lambda t, ws: earliest_input(t, ws) + (1 if t == 1000 or t == 500 else 0),
+    )
+    for fn in wrong_answers:
+        message = ch08.check_earliest_input(fn).message
+        assert "expected" not in message and "884" not in message, message
+    assert "further back" in ch08.check_earliest_input(wrong_answers[1]).message  # a hint instead
+
+    # windowed_cache_bytes: 16 local layers x 4096 + 16 global x 32768 positions, x 2 x 8 x 128 x 2 bytes
+    # = 2,415,919,104 bytes = 2.25 GiB, the figure the exercise asks for.
+    def wrong_on_the_question(T, ws, h, d, b):
+        right = windowed_cache_bytes(T, ws, h, d, b)
+        return right + 2 if T == 32768 and None in ws else right
+
+    message = ch08.check_windowed_cache_bytes(wrong_on_the_question).message
+    assert not ch08.check_windowed_cache_bytes(wrong_on_the_question).passed
+    assert "expected" not in message and "2,415,919,104" not in message and "2.25" not in message
+    assert "Add up the layers" in message

@@ -132,8 +132,10 @@ def check_float_dtype(name: str, dtype) -> torch.dtype:
 def check_ids(name: str, ids, vocab_size: int, ignore_index: int | None = None, device=None) -> torch.Tensor:
     """`ids` if it is a LongTensor (on `device`) of token ids in [0, vocab_size) (or equal to `ignore_index`)."""
     check_tensor(name, ids, dtype=torch.long, device=device)
+    if ids.device.type == "meta":  # no values to check (meta tensors count shapes and FLOPs)
+        return ids
     real = ids if ignore_index is None else ids[ids != ignore_index]
-    if real.numel() and ids.device.type != "meta" and (real.min() < 0 or real.max() >= vocab_size):
+    if real.numel() and (real.min() < 0 or real.max() >= vocab_size):
         ignored = "" if ignore_index is None else f" (or {ignore_index}, ignored)"
         raise ValueError(f"{name} has ids outside [0, {vocab_size}){ignored}: min {real.min().item()}, "
                          f"max {real.max().item()}")

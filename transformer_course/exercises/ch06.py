@@ -1,7 +1,8 @@
 """Checkers for Chapter 6, "Multi-head attention". Each takes the reader's answer and never raises.
 
 - `check_merge_heads(fn)`: `fn(x)` -> `(B, T, h*d_k)` from `(B, h, T, d_k)`, the inverse of the head split (warm-up).
-- `check_gpt2_weights_mib(answer)`: MiB of the attention weights that GPT-2 small keeps for the backward pass.
+- `check_gpt2_saved_mib(answer)`: MiB of the (..., T, T) tensors that GPT-2 small would keep for the backward
+  pass on the manual attention path.
 - `check_mha_parameters(fn)`: `fn(d_model, n_heads, d_k, d_v)` -> the parameters of a multi-head attention layer
   whose heads have query/key width d_k and value width d_v (with biases, like the course's `Attention`).
 
@@ -74,9 +75,16 @@ _GPT2_L, _GPT2_H, _GPT2_D, _GPT2_B, _GPT2_T, _FLOAT32 = 12, 12, 768, 8, 1024, 4
 _MIB = 2**20
 
 
-def _gpt2_weights_bytes(B=_GPT2_B, h=_GPT2_H, T=_GPT2_T, L=_GPT2_L, bytes_per=_FLOAT32) -> int:
-    """Bytes of L attention-weight tensors (B, h, T, T), one per layer."""
-    return L * B * h * T * T * bytes_per
+def saved_square_bytes(B: int, h: int, T: int, float_copies: int = 2, bool_masks: int = 1,
+                       bytes_per: int = _FLOAT32) -> int:
+    """Bytes of the (..., T, T) tensors that autograd keeps for one layer of the manual attention path:
+    `float_copies` float tensors (B, h, T, T) (the softmax output and the weights with empty rows zeroed) and
+    `bool_masks` bool (T, T) causal masks. tests/test_exercises_ch06.py measures this with saved_tensors_hooks."""
+    return float_copies * B * h * T * T * bytes_per + bool_masks * T * T
+
+
+def _gpt2_saved_bytes(L=_GPT2_L, B=_GPT2_B, **kwargs) -> int:
+    return L * saved_square_bytes(B, _GPT2_H, _GPT2_T, **kwargs)
 
 
 def _as_number(value):
@@ -91,41 +99,48 @@ def _as_number(value):
 
 
 @checker
-def check_gpt2_weights_mib(answer) -> CheckResult:
-    """`answer`: MiB of GPT-2 small's attention weights (B=8, T=1024, float32), one (B, h, T, T) per layer."""
+def check_gpt2_saved_mib(answer) -> CheckResult:
+    """`answer`: MiB of the (..., T, T) tensors that GPT-2 small (B=8, T=1024, float32) would keep for the
+    backward pass if each of its 12 layers ran the course's manual attention path."""
     got, problem = _as_number(answer)
     if problem is not None:
         return problem
-    expected = _gpt2_weights_bytes() / _MIB
+    expected = _gpt2_saved_bytes() / _MIB
     if abs(got - expected) <= 0.5:
-        per_layer = _gpt2_weights_bytes(L=1)
-        activations = _GPT2_B * _GPT2_T * _GPT2_D * _FLOAT32  # one layer's (B, T, d_model) output
-        return CheckResult(True, f"{expected:,.0f} MiB ({expected / 1024:g} GiB): each layer's weights take "
-                                 f"{per_layer // activations} times its (B, T, d_model) activations, since "
-                                 f"h T / d_model = {_GPT2_H * _GPT2_T // _GPT2_D}")
+        return CheckResult(True, f"{expected:,.0f} MiB ({expected / 1024:.1f} GiB): per layer two float32 "
+                                 "(B, h, T, T) tensors, the softmax's output and the weights after the empty-row "
+                                 "guard, plus the bool causal mask; doubling h at fixed d_model doubles the float "
+                                 "part, and a fused kernel keeps none of them")
+    one_copy = "that is one float32 (B, h, T, T) tensor per layer; autograd keeps more than one: count every " \
+               "(..., T, T) tensor that pack() receives"
     wrong = {
-        _gpt2_weights_bytes() / 1e6: "you divided by 10^6 (MB); a MiB is 2^20 = 1,048,576 bytes",
-        _gpt2_weights_bytes(): "that is a number of bytes; give MiB (2^20 bytes)",
-        _gpt2_weights_bytes() / _MIB / 1024: "if that is GiB, the question asks for MiB (1 GiB = 1024 MiB); if it is "
-                                             "MiB, each head has one weight per (query, key) pair: T x T, not T",
-        _gpt2_weights_bytes(L=1) / _MIB: "that is 1/12 of the answer: did you count all 12 layers and all 12 heads?",
-        _gpt2_weights_bytes(B=1) / _MIB: "you left out the batch: every one of the B = 8 sequences has its own "
-                                         "weights",
-        _gpt2_weights_bytes(bytes_per=2) / _MIB: "that is half: a float32 takes 4 bytes, and the plain path stores "
-                                                 "the full T x T matrix, the masked half included",
-        _gpt2_weights_bytes(bytes_per=8) / _MIB: "a float32 takes 4 bytes, not 8",
-        _gpt2_weights_bytes() * 64 / _GPT2_T / _MIB: "that counts (B, h, T, d_k) tensors, the size of the queries; "
-                                                     "the attention weights are (B, h, T, T)",
+        _gpt2_saved_bytes(float_copies=1, bool_masks=0) / _MIB: one_copy,
+        _gpt2_saved_bytes(float_copies=1) / _MIB: one_copy,
+        _gpt2_saved_bytes(bool_masks=0) / _MIB: "close: the float32 tensors are right, but one more (..., T, T) "
+                                                "tensor is saved per layer, with 1 byte per entry",
+        _gpt2_saved_bytes(float_copies=6, bool_masks=0) / _MIB: "that counts every float tensor the forward "
+                                                                "writes, as the chapter's table did; autograd keeps "
+                                                                "only what the backward pass needs",
+        _gpt2_saved_bytes(float_copies=6, bool_masks=2) / _MIB + _GPT2_L * _GPT2_B * _GPT2_H * _GPT2_T**2 / _MIB:
+            "that counts every tensor the forward writes, as the chapter's table did; autograd keeps only what "
+            "the backward pass needs",
+        _gpt2_saved_bytes() / 1e6: "you divided by 10^6 (MB); a MiB is 2^20 = 1,048,576 bytes",
+        _gpt2_saved_bytes(): "that is a number of bytes; give MiB (2^20 bytes)",
+        _gpt2_saved_bytes() / _MIB / 1024: "that looks like GiB; the question asks for MiB (1 GiB = 1024 MiB)",
+        _gpt2_saved_bytes(L=1) / _MIB: "that is one layer; GPT-2 small has 12",
+        _gpt2_saved_bytes(B=1) / _MIB: "you left out the batch: every one of the B = 8 sequences has its own "
+                                       "scores",
     }
     for value, hint in wrong.items():
-        if math.isclose(got, value, rel_tol=1e-3):
-            return CheckResult(False, f"got {got:,.4g}: {hint}")
-    return CheckResult(False, f"got {got:,.4g} MiB: count the entries of one (B, h, T, T) tensor, multiply by 4 bytes "
-                              "and by the number of layers, then divide by 2^20")
+        if math.isclose(got, value, rel_tol=1e-4):
+            return CheckResult(False, f"got {got:,.6g}: {hint}")
+    return CheckResult(False, f"got {got:,.6g} MiB: on a small Attention layer, list the (..., T, T) tensors that "
+                              "pack() receives (one per storage), note each one's dtype and whether it grows "
+                              "with h, then scale to GPT-2's sizes")
 
 
 def reference_mha_parameters(d_model: int, n_heads: int, d_k: int, d_v: int) -> int:
-    """Parameters of W_Q, W_K (d_model -> h*d_k), W_V (d_model -> h*d_v), W_O (h*d_v -> d_model), with biases."""
+    """Parameters of W_q, W_k (d_model -> h*d_k), W_v (d_model -> h*d_v), W_o (h*d_v -> d_model), with biases."""
     layers = [nn.Linear(d_model, n_heads * d_k), nn.Linear(d_model, n_heads * d_k),
               nn.Linear(d_model, n_heads * d_v), nn.Linear(n_heads * d_v, d_model)]
     return sum(p.numel() for layer in layers for p in layer.parameters())
@@ -141,13 +156,13 @@ def _param_hint(got: int, d: int, h: int, dk: int, dv: int) -> str | None:
         4 * d * d + 4 * d: "that is 4 d_model^2 + 4 d_model, which holds only when h*d_k = h*d_v = d_model",
         2 * d * qk + 2 * d * v: "you left out the biases: each of the four Linear layers has one, as long as its "
                                 "output",
-        (d + 1) * (2 * qk + v) + d * d + d: "W_O maps the h*d_v concatenated head outputs back to d_model, so it is "
+        (d + 1) * (2 * qk + v) + d * d + d: "W_o maps the h*d_v concatenated head outputs back to d_model, so it is "
                                             "(h*d_v) x d_model, not d_model x d_model",
-        (d + 1) * (2 * qk + v): "you left out the output projection W_O",
-        (d + 1) * 3 * qk + qk * d + d: "W_V projects to h*d_v features (and W_O reads h*d_v), not h*d_k",
+        (d + 1) * (2 * qk + v): "you left out the output projection W_o",
+        (d + 1) * 3 * qk + qk * d + d: "W_v projects to h*d_v features (and W_o reads h*d_v), not h*d_k",
         (d + 1) * (2 * dk + dv) + dv * d + d: "that counts one head: every head has its own d_k and d_v columns, so "
                                               "multiply the head widths by h",
-        (d + 1) * (2 * qk + v) + v * d + v: "W_O's bias has d_model entries, one per output feature",
+        (d + 1) * (2 * qk + v) + v * d + v: "W_o's bias has d_model entries, one per output feature",
     }
     expected = reference_mha_parameters(d, h, dk, dv)
     return next((hint for value, hint in known.items() if value == got and value != expected), None)
@@ -166,7 +181,7 @@ def check_mha_parameters(fn) -> CheckResult:
             return problem
         if got != expected:
             hint = (_param_hint(got, d, h, dk, dv)
-                    or "count W_Q, W_K, W_V and W_O one by one: inputs x outputs, plus a bias")
+                    or "count W_q, W_k, W_v and W_o one by one: inputs x outputs, plus a bias")
             return CheckResult(False, f"for d_model={d}, h={h}, d_k={dk}, d_v={dv}: got {got:,}, the four nn.Linear "
                                       f"layers hold {expected:,}. {hint}")
     t5 = reference_mha_parameters(1024, 128, 128, 128) - (3 * 128 * 128 + 1024)  # T5-11B sizes, no biases

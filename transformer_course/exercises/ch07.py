@@ -72,7 +72,9 @@ def check_fits_in_40gb(answer) -> CheckResult:
     expected = (fits(_sequence_bytes(_H_KV)), fits(_sequence_bytes(_H)))
     if pair == expected:
         return CheckResult(True, f"{expected[0]} sequences with 8 key/value heads, {expected[1]} with 64: "
-                                 "with GQA each sequence needs an eighth of the cache")
+                                 "with GQA each sequence needs an eighth of the cache, but only whole "
+                                 f"sequences fit, so the counts differ by {expected[0] / expected[1]:.1f}x, "
+                                 "not 8x")
     mistakes = [
         ((expected[1], expected[0]), "the pair is the wrong way round: first with GQA (8 key/value heads), "
                                      "then with MHA (64)"),

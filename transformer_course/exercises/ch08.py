@@ -92,7 +92,7 @@ def check_earliest_input(fn) -> CheckResult:
         (100, (4, None, 4)),
         (100, (None, None)),
         (30, (1, 1)),
-        (1000, (64, 32, 16, 8)),
+        (500, (64, 32, 16, 8)),  # not the exercise's question (t = 1000)
     ]
     for t, windows in cases:
         got, problem = run_with_timeout(fn, t, windows)
@@ -106,7 +106,7 @@ def check_earliest_input(fn) -> CheckResult:
         expected = _earliest(t, windows)
         if got == expected:
             continue
-        where = f"for t={t}, windows={windows}: got {got}, expected {expected}"
+        where = f"for t={t}, windows={windows}: got {got}"
         if None in windows:
             return CheckResult(False, f"{where}. A global layer (None) lets position t read every earlier "
                                       f"position, so what reaches the output can start anywhere")
@@ -123,7 +123,8 @@ def check_earliest_input(fn) -> CheckResult:
         if got in {max(0, t - (w - 1)) for w in windows}:
             return CheckResult(False, f"{where}. That is one layer's reach; each of the {len(windows)} layers "
                                       f"reaches further back from where the layer below already reached")
-        return CheckResult(False, where)
+        return CheckResult(False, f"{where}. Each local layer of window w lets position t reach w - 1 "
+                                  f"positions further back than the layer below it")
     return CheckResult(True, "local layers add up their reaches, sum of (w - 1); one global layer reaches 0")
 
 
@@ -191,7 +192,7 @@ def check_windowed_cache_bytes(fn) -> CheckResult:
         expected = _cache_bytes(T, windows, h_kv, d_k, nbytes)
         if got == expected:
             continue
-        where = f"for {label}: got {got:,}, expected {expected:,}"
+        where = f"for {label}: got {got:,}"
         wrong = {
             _cache_bytes(T, windows, h_kv, d_k, nbytes, lambda T, w: T):
                 "a local layer keeps only its last `window` positions (a rolling buffer), not all T",
