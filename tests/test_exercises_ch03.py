@@ -1,11 +1,15 @@
 """Chapter 3's checkers: the reference answers pass, typical mistakes get specific hints, nothing crashes."""
+import math
 import time
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from transformer_course.checkpoints import load_checkpoint, save_checkpoint
 from transformer_course.exercises import ch03
+from transformer_course.tokenization import BPETokenizer
+from transformer_course.training import TrainConfig, lr_at
 
 
 def embedding_grad(idx, upstream, vocab_size):
@@ -20,7 +24,16 @@ def embedding_grad_index_add(idx, upstream, vocab_size):
 
 def untie(model):
     model.lm_head.weight = nn.Parameter(model.tok_emb.weight.detach().clone())
+    model.config.tie_weights = False  # so that a model rebuilt from the config has a head of its own
     return model
+
+
+def decay_shrink(schedule):
+    """Written from PyTorch's AdamW rule theta <- theta - lr_t * lambda * theta, one factor per update."""
+    factor = 1.0
+    for step in range(schedule.steps):
+        factor *= 1 - lr_at(step, schedule) * schedule.weight_decay
+    return factor
 
 
 def adam_updates(grads, lr, betas, eps):
@@ -44,11 +57,6 @@ def adam_updates_torch(grads, lr, betas, eps):
     return torch.stack(out)
 
 
-def simulated_share_768():
-    x = torch.randn(2000, 768, generator=torch.Generator().manual_seed(5)) ** 2
-    return (x.max(dim=1).values / x.sum(dim=1)).mean().item()
-
-
 def test_reference_answers_pass():
     assert ch03.check_embedding_grad(embedding_grad).passed
     assert ch03.check_embedding_grad(embedding_grad_index_add).passed
@@ -67,8 +75,11 @@ def test_reference_answers_pass():
             steps.append(w.detach() - before)
         torch.testing.assert_close(ch03._adam_variant(grads, **ch03._ADAM_SETTINGS), torch.stack(steps))
     assert ch03.check_adam_updates(lambda *a: adam_updates(*a).tolist()).passed  # a list is fine
-    assert ch03.check_share_768(simulated_share_768()).passed
-    assert ch03.check_share_768(torch.tensor(simulated_share_768())).passed
+    assert ch03.check_decay_shrink(decay_shrink).passed
+    assert ch03.check_decay_shrink(lambda s: torch.tensor(decay_shrink(s))).passed
+    # exp(-lambda * sum of lr_t), the first-order estimate, is within the checker's 1 %
+    assert ch03.check_decay_shrink(
+        lambda s: math.exp(-s.weight_decay * sum(lr_at(t, s) for t in range(s.steps)))).passed
 
 
 def test_embedding_grad_hints():
@@ -148,6 +159,29 @@ def test_untie_hint_for_config_flag_only():
     assert not result.passed and "still tied" in result.message
 
 
+def _untie_without_config(model):
+    model.lm_head.weight = nn.Parameter(model.tok_emb.weight.detach().clone())
+    return model
+
+
+def test_untie_must_survive_save_and_reload():
+    result = ch03.check_untie(_untie_without_config)
+    assert not result.passed and "comes back tied" in result.message
+    assert "tok_emb" not in result.message and "clone" not in result.message  # no code in the hints
+
+
+def test_untie_round_trip_through_real_checkpoints(tmp_path):
+    # independent of the checker's own rebuild: the package's save_checkpoint / load_checkpoint
+    tokenizer = BPETokenizer.train("abc abd abe " * 20, vocab_size=260)  # any tokenizer: not checked
+    for fn, stays_untied in ((untie, True), (_untie_without_config, False)):
+        model = fn(ch03._tied_model())
+        with torch.no_grad():
+            model.lm_head.weight.add_(1.0)
+        reloaded, _, _ = load_checkpoint(save_checkpoint(tmp_path / "m.pt", model, tokenizer))
+        assert (reloaded.lm_head.weight is not reloaded.tok_emb.weight) == stays_untied
+        assert torch.equal(reloaded.tok_emb.weight, model.tok_emb.weight) == stays_untied
+
+
 def test_adam_hints():
     def sgd(grads, lr, betas, eps):
         return -lr * grads
@@ -171,7 +205,15 @@ def test_adam_hints():
         return torch.tensor(out)
 
     result = ch03.check_adam_updates(eps_inside)
-    assert "1e-6" in result.message and "eps" in result.message  # only tiny gradients expose it
+    assert "1e-6" in result.message and "inside the root" in result.message  # only tiny gradients expose it
+
+    def no_eps(grads, lr, betas, eps):
+        return adam_updates(grads, lr, betas, 0.0)
+
+    result = ch03.check_adam_updates(no_eps)
+    assert not result.passed and "without eps" in result.message
+    for message in (result.message, ch03.check_adam_updates(eps_inside).message):
+        assert "1.5e-3" not in message and "0.0015" not in message  # the prediction is not given away
 
     def not_squared(grads, lr, betas, eps):
         (b1, b2), m, v, out = betas, 0.0, 0.0, []
@@ -191,30 +233,28 @@ def test_adam_hints():
     assert not short.passed and "shape" in short.message
 
 
-def test_share_768_hints():
-    assert "percentage" in ch03.check_share_768(100 * simulated_share_768()).message
-    assert "even spread" in ch03.check_share_768(1 / 768).message
-    assert "typical size" in ch03.check_share_768(768**-0.5).message
-    assert "128 dimensions" in ch03.check_share_768(0.064).message  # the value for d_model = 128
-    assert "Gaussian" in ch03.check_share_768(1 / 256).message  # torch.rand: max ~1, |u|^2 ~ d / 3
-    assert "too large" in ch03.check_share_768(1.3 * simulated_share_768()).message
-    assert "too small" in ch03.check_share_768(0.7 * simulated_share_768()).message
-    for bad in (None, "0.015", [0.015], float("nan"), float("inf"), -0.01, 0.0, 1000.0, True):
-        result = ch03.check_share_768(bad)
+def test_decay_shrink_hints():
+    course = ch03._decay_cases()[0][1]
+    # independent numbers: a 3-step schedule by hand, lr 0.5 (warm-up 1/3, 2/3), then cosine down to min_lr
+    tiny = TrainConfig(steps=4, batch_size=1, lr=0.5, min_lr=0.1, warmup_steps=2, weight_decay=0.1)
+    assert [round(lr_at(t, tiny), 6) for t in range(4)] == [0.25, 0.5, 0.5, 0.1]
+    assert math.isclose(decay_shrink(tiny), 0.975 * 0.95 * 0.95 * 0.99)
+    assert math.isclose(ch03._shrink(tiny), 0.975 * 0.95 * 0.95 * 0.99)
+    peak = ch03.check_decay_shrink(lambda s: (1 - s.lr * s.weight_decay) ** s.steps)
+    assert not peak.passed and "peak learning rate" in peak.message
+    no_lr = ch03.check_decay_shrink(lambda s: (1 - s.weight_decay) ** s.steps)
+    assert not no_lr.passed and "learning rate of the step" in no_lr.message
+    summed = ch03.check_decay_shrink(
+        lambda s: 1 - s.weight_decay * sum(lr_at(t, s) for t in range(s.steps)))
+    assert not summed.passed and "multiply" in summed.message
+    # right on the course's schedule only (e.g. a constant): the second schedule catches it
+    const = ch03.check_decay_shrink(lambda s: decay_shrink(course))
+    assert not const.passed and "400 steps" in const.message
+    for bad in (None, "0.78", [0.78], float("nan"), float("inf"), -0.5, 2.0, True):
+        result = ch03.check_decay_shrink(lambda s, bad=bad: bad)
         assert not result.passed and result.message
-    # the hints never give the value away
-    for bad in (1 / 768, 0.064, 0.5, 1.3 * simulated_share_768(), 0.7 * simulated_share_768()):
-        message = ch03.check_share_768(bad).message
-        assert not any(answer in message for answer in ("0.014", "0.015", "1.4%", "1.5%", "1.49"))
-
-
-def test_share_768_reference_is_the_known_order_of_magnitude():
-    # the largest of d chi-square(1) variables is about 2 ln d, so the share is about 2 ln(d) / d: 1.7 %
-    # for d = 768 (an upper estimate; the exact mean is a little lower)
-    import math
-
-    share = ch03._largest_share(768)
-    assert 0.7 * 2 * math.log(768) / 768 < share < 2 * math.log(768) / 768
+    for wrong in (peak, no_lr, summed):  # the hints never give the value away
+        assert "0.78" not in wrong.message
 
 
 def test_checkers_never_crash():
@@ -224,7 +264,8 @@ def test_checkers_never_crash():
     def hang(*args):
         time.sleep(60)
 
-    for check in (ch03.check_embedding_grad, ch03.check_untie, ch03.check_adam_updates):
+    for check in (ch03.check_embedding_grad, ch03.check_untie, ch03.check_adam_updates,
+                  ch03.check_decay_shrink):
         for answer in (boom, None, 42, lambda *a: None, lambda *a: float("nan"), lambda *a: "text"):
             result = check(answer)
             assert not result.passed and result.message

@@ -1,9 +1,12 @@
 """Checkers for Chapter 3, "Embeddings". Each takes the reader's function or number and never raises."""
+import math
+
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
 from ..model import GPT, GPTConfig
+from ..training import TrainConfig, lr_at
 from .base import CheckResult, check_tensor, checker, run_with_timeout
 
 # ------------------------------------------------------------------------------------------------------
@@ -90,9 +93,16 @@ def _tied_model() -> GPT:
     return GPT(GPTConfig.gpt2_like(vocab_size=40, context_length=16, n_layers=1, n_heads=2, d_model=8)).eval()
 
 
+def _reload(model: GPT) -> GPT:
+    """Rebuild `model` from its config and state dict, as `load_checkpoint` does after `save_checkpoint`."""
+    copy = GPT(GPTConfig.from_dict(model.config.to_dict()))
+    copy.load_state_dict(model.state_dict())
+    return copy.eval()
+
+
 @checker
 def check_untie(fn) -> CheckResult:
-    """`fn(model) -> model`: the LM head gets its own Parameter, initialised to a copy of the token table."""
+    """`fn(model) -> model`: the LM head gets its own Parameter, a copy of the table, and stays untied on reload."""
     model = _tied_model()
     V, d = model.config.vocab_size, model.config.d_model
     idx = torch.tensor([[1, 5, 9, 5, 30]])  # (1, T)
@@ -108,17 +118,17 @@ def check_untie(fn) -> CheckResult:
         return CheckResult(False, f"return the model (a GPT), got {type(got).__name__}")
     head, table = got.lm_head.weight, got.tok_emb.weight
     if head is table:
-        return CheckResult(False, "still tied: the head uses the very same Parameter as the embedding; give it "
-                                  "its own, e.g. nn.Parameter(model.tok_emb.weight.detach().clone())")
+        return CheckResult(False, "still tied: the head uses the very same Parameter as the embedding, and "
+                                  "changing the config after the model is built does not rebuild the head")
     if not isinstance(head, nn.Parameter):
         return CheckResult(False, "the head's weight is a plain tensor, not an nn.Parameter: it would not be "
                                   "in model.parameters(), so the optimizer would never train it")
     if tuple(head.shape) != (V, d):
         return CheckResult(False, f"the head's weight has shape {tuple(head.shape)}, expected (V, d_model) = "
-                                  f"({V}, {d}): logits = h @ W.T needs one row per token")
+                                  f"({V}, {d}): logits = x @ W.T needs one row per token")
     if head.untyped_storage().data_ptr() == table.untyped_storage().data_ptr():
         return CheckResult(False, "the two Parameters share memory, so training one changes the other: "
-                                  "copy the values with .clone()")
+                                  "the head needs values of its own")
     with torch.no_grad():
         after = got(idx)[0]
     if not torch.allclose(after, before, atol=1e-5):
@@ -127,7 +137,22 @@ def check_untie(fn) -> CheckResult:
     if got.num_parameters() != n_before + V * d:
         return CheckResult(False, f"the model has {got.num_parameters():,} parameters, expected "
                                   f"{n_before:,} + V × d_model = {n_before + V * d:,}")
-    return CheckResult(True, f"the head is its own {V} × {d} Parameter (+{V * d} parameters), logits unchanged")
+    with torch.no_grad():  # make the two tables differ, as training would, then save and reload
+        got.lm_head.weight.add_(1.0)
+        head_values, table_values = got.lm_head.weight.clone(), got.tok_emb.weight.clone()
+    try:
+        reloaded = _reload(got)
+    except Exception as exc:  # a config that no longer loads
+        return CheckResult(False, f"rebuilding the model from its config and state dict failed "
+                                  f"({type(exc).__name__}: {exc})")
+    if reloaded.lm_head.weight is reloaded.tok_emb.weight:
+        return CheckResult(False, "the model is untied now, but after a save and reload it comes back tied, "
+                                  "and one table overwrites the other: its config still describes a tied model")
+    if not (torch.equal(reloaded.lm_head.weight, head_values)
+            and torch.equal(reloaded.tok_emb.weight, table_values)):
+        return CheckResult(False, "after a save and reload the two tables do not hold what was saved")
+    return CheckResult(True, f"the head is its own {V} × {d} Parameter (+{V * d} parameters), logits unchanged, "
+                             f"and it stays untied through a save and reload")
 
 
 # ------------------------------------------------------------------------------------------------------
@@ -153,6 +178,7 @@ def _adam_variant(grads: torch.Tensor, lr: float, betas, eps: float, *, correct=
 
 _ADAM_CASES = (  # (what the gradients are, grads); lr, betas and eps as in the course's training
     ("a constant gradient of 1e-6", torch.full((30,), 1e-6, dtype=torch.float64)),
+    ("a constant gradient of 1e-8, about eps", torch.full((30,), 1e-8, dtype=torch.float64)),
     ("a constant gradient of 0.5", torch.full((30,), 0.5, dtype=torch.float64)),
     ("gradients that change sign", torch.tensor([0.2, -0.1] * 5 + [-0.3] * 10 + [0.05] * 10, dtype=torch.float64)),
 )
@@ -202,57 +228,68 @@ def _adam_hint(got, grads, expected) -> str | None:
                 "zero start; divide them by 1 - beta1**t and 1 - beta2**t, with t counted from 1")
     if close(got, _adam_variant(grads, lr, betas, eps, squared=False)):
         return "v must be a running mean of the squared gradients, g * g"
+    if close(got, _adam_variant(grads, lr, betas, 0.0)):
+        return ("these are Adam's steps without eps: Algorithm 1 adds eps to the square root of v_hat, and for a "
+                "gradient as small as eps that halves the step")
     if close(got, _adam_variant(grads, lr, betas, eps, eps_inside=True)):
         return "check where eps enters: Adam adds it to the square root of v_hat, not inside the root"
     return None
 
 
 # ------------------------------------------------------------------------------------------------------
-# ex-03-random-share: the largest coordinate's share of |u|^2 for a random direction u in 768 dimensions
+# ex-03-decay-shrink: the factor by which AdamW's weight decay alone shrinks a row that never gets a gradient
 
 
-def _largest_share(d: int, n: int = 4000, seed: int = 0, uniform: bool = False) -> float:
-    """Mean over n Gaussian directions in d dimensions of max_i u_i^2 / |u|^2 (float64 on the CPU).
+def _decay_cases():
+    """(what, schedule): the course's schedule and one with another length, warm-up, peak and decay."""
+    return (
+        ("the course's schedule", TrainConfig(steps=1500, batch_size=16, lr=3e-3, min_lr=3e-4,
+                                              warmup_steps=100, weight_decay=0.1)),
+        ("a schedule of 400 steps, lr 1e-2, weight decay 0.3",
+         TrainConfig(steps=400, batch_size=16, lr=1e-2, min_lr=1e-3, warmup_steps=40, weight_decay=0.3)),
+    )
 
-    uniform=True draws the coordinates from [0, 1) instead (torch.rand), a typical mistake the hints name.
-    """
-    g = torch.Generator().manual_seed(seed)
-    draw = torch.rand if uniform else torch.randn
-    squares = draw(n, d, generator=g, dtype=torch.float64) ** 2  # (n, d)
-    return (squares.max(dim=1).values / squares.sum(dim=1)).mean().item()
+
+def _shrink(cfg: TrainConfig, lr: float | None = None) -> float:
+    """prod_t (1 - lr_t * weight_decay) over the schedule's updates; `lr` fixes every step's rate (a mistake)."""
+    return math.prod(1 - (lr_at(t, cfg) if lr is None else lr) * cfg.weight_decay for t in range(cfg.steps))
 
 
 @checker
-def check_share_768(value) -> CheckResult:
-    """`value`: the mean share of |u|^2 in the largest coordinate of a random direction u in 768 dimensions."""
-    if isinstance(value, torch.Tensor) and value.numel() == 1 and value.is_floating_point():
-        value = value.item()
-    if isinstance(value, int) and not isinstance(value, bool):
-        value = float(value)
-    if not isinstance(value, float):
-        return CheckResult(False, f"share_768 must be a float (a fraction of |u|^2), got {type(value).__name__}")
-    if value != value or value in (float("inf"), float("-inf")):
-        return CheckResult(False, f"share_768 is {value}; expected a finite fraction between 0 and 1")
-    if 1 < value <= 100:
-        return CheckResult(False, "give a fraction between 0 and 1, not a percentage")
-    if not 0 < value <= 1:
-        return CheckResult(False, f"a share of |u|^2 lies between 0 and 1, got {value:.4g}")
-    expected = _largest_share(768)
-    if abs(value - 1 / 768) < 2e-4:
-        return CheckResult(False, "1/768 is the mean share of a coordinate, the even spread; the largest of 768 "
-                                  "random coordinates holds several times more")
-    if abs(value - 768**-0.5) < 2e-3:
-        return CheckResult(False, "1/sqrt(768) is the typical size of one coordinate of a unit vector; the share "
-                                  "of |u|^2 is a coordinate squared")
-    if abs(value - _largest_share(128)) < 0.01:
-        return CheckResult(False, "that is about the share in 128 dimensions; with 768 coordinates sharing |u|^2, "
-                                  "the largest one's share is smaller")
-    if abs(value - _largest_share(768, uniform=True)) < 5e-4:
-        return CheckResult(False, "torch.rand draws every coordinate from [0, 1), all positive: not a random "
-                                  "direction; a direction with no preferred axis has Gaussian coordinates")
-    if abs(value - expected) <= 0.2 * expected:
-        return CheckResult(True, f"{value:.1%} of |u|^2 in the largest coordinate: far from 100 %, though "
-                                 f"many times the even spread of {1 / 768:.2%}")
-    direction = "too large" if value > expected else "too small"
-    return CheckResult(False, f"{value:.4g} is {direction} by more than 20 %: draw many random directions "
-                              f"(torch.randn) and average the largest u_i^2 / |u|^2")
+def check_decay_shrink(fn) -> CheckResult:
+    """`fn(schedule) -> float`: the factor weight decay alone multiplies a never-used row by over a schedule."""
+    for what, cfg in _decay_cases():
+        got, problem = run_with_timeout(fn, cfg)
+        if problem is not None:
+            return problem
+        if isinstance(got, torch.Tensor) and got.numel() == 1 and got.is_floating_point():
+            got = got.item()
+        if isinstance(got, int) and not isinstance(got, bool):
+            got = float(got)
+        if not isinstance(got, float):
+            return CheckResult(False, f"return the factor as a float, got {type(got).__name__}")
+        if got != got or got in (float("inf"), float("-inf")):
+            return CheckResult(False, f"for {what} you returned {got}; expected a finite factor")
+        expected = _shrink(cfg)
+        if abs(got - expected) <= 0.01 * expected:  # exp(-lambda * sum of lr_t) is a fine approximation
+            continue
+        if not 0 < got <= 1:
+            return CheckResult(False, f"for {what} you returned {got:.4g}: decay multiplies a row by a factor "
+                                      f"between 0 and 1 at every step, so the product lies between 0 and 1 too")
+        variants = [
+            (_shrink(cfg, lr=cfg.lr), "you used the peak learning rate at every step; the schedule warms up "
+                                      "and then decays, and each step decays by its own rate (lr_at)"),
+            (_shrink(cfg, lr=1.0), "PyTorch's AdamW multiplies the decay by the learning rate of the step: "
+                                   "theta <- theta - lr_t * lambda * theta"),
+            (1 - sum(lr_at(t, cfg) for t in range(cfg.steps)) * cfg.weight_decay,
+             "the decays multiply, they do not add: the factor is a product over the steps"),
+        ]
+        for value, hint in variants:
+            if abs(got - value) <= 1e-3 * abs(value):
+                return CheckResult(False, f"for {what}: {hint}")
+        side = "too large" if got > expected else "too small"
+        return CheckResult(False, f"for {what} your factor {got:.4g} is {side} by more than 1 %: multiply the factors of all the "
+                                  f"updates, each with the learning rate of its step")
+    course = _shrink(_decay_cases()[0][1])
+    return CheckResult(True, f"a product of 1 - lr_t * weight_decay over the steps; {course:.3f} on the "
+                             f"course's schedule")

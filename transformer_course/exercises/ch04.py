@@ -177,9 +177,8 @@ def check_rope_interpolated(fn) -> CheckResult:
             result = check_tensor(g, e, name=f"{name} {case}", atol=1e-4, rtol=0)
             if not result.passed:
                 return result
-    return CheckResult(True, "position m becomes m·L/T, so all T positions land in [0, L) (Chen et al. 2023 "
-                             "§2.3): the last one, (T−1)·L/T, is less than one step past L−1, the last trained "
-                             "position, instead of at T−1; a text no longer than L keeps its tables")
+    return CheckResult(True, "position m becomes m·L/T: all T positions land in [0, L) (Chen et al. 2023 §2.3), "
+                             "the last less than one step past L−1; a text no longer than L keeps its tables")
 
 
 # ----------------------------------------------------------------------------- pairs that never turn fully

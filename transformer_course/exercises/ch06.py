@@ -110,7 +110,7 @@ def check_gpt2_saved_mib(answer) -> CheckResult:
         return CheckResult(True, f"{expected:,.0f} MiB ({expected / 1024:.1f} GiB): per layer two float32 "
                                  "(B, h, T, T) tensors, the softmax's output and the weights after the empty-row "
                                  "guard, plus the bool causal mask; doubling h at fixed d_model doubles the float "
-                                 "part, and a fused kernel keeps none of them")
+                                 "part")
     one_copy = "that is one float32 (B, h, T, T) tensor per layer; autograd keeps more than one: count every " \
                "(..., T, T) tensor that pack() receives"
     wrong = {
