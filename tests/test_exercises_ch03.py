@@ -275,3 +275,21 @@ def test_checkers_never_crash():
     hung = ch03.check_adam_updates(hang)
     assert not hung.passed and "did not finish" in hung.message
     assert time.monotonic() - started < 20  # its limit is 10 s (see check_adam_updates)
+
+
+def test_decay_shrink_matches_the_untied_checkpoint():
+    # the checker's factor on the course's schedule is the one the shipped untied model's unused rows show
+    from transformer_course.model import GPT
+    from transformer_course.train import CONFIGS, course_data
+
+    model, tokenizer, meta = load_checkpoint("small-untied")
+    config, schedule = CONFIGS["small-untied"]
+    torch.manual_seed(schedule.seed)
+    start = GPT(config).tok_emb.weight.detach()
+    train_ids, _ = course_data(tokenizer)
+    unused = torch.bincount(train_ids, minlength=config.vocab_size) == 0
+    end, begin = model.tok_emb.weight.detach()[unused], start[unused]
+    fitted = ((end * begin).sum() / (begin * begin).sum()).item()
+    assert meta["steps"] == schedule.steps
+    assert math.isclose(fitted, ch03._shrink(ch03._decay_cases()[0][1]), rel_tol=1e-4)
+    assert math.isclose(decay_shrink(schedule), fitted, rel_tol=1e-4)

@@ -151,8 +151,7 @@ def check_untie(fn) -> CheckResult:
     if not (torch.equal(reloaded.lm_head.weight, head_values)
             and torch.equal(reloaded.tok_emb.weight, table_values)):
         return CheckResult(False, "after a save and reload the two tables do not hold what was saved")
-    return CheckResult(True, f"the head is its own {V} × {d} Parameter (+{V * d} parameters), logits unchanged, "
-                             f"and it stays untied through a save and reload")
+    return CheckResult(True, f"its own {V} × {d} head (+{V * d} parameters), same logits, untied after a reload")
 
 
 # ------------------------------------------------------------------------------------------------------
