@@ -192,6 +192,12 @@ def as_int(value, what: str) -> tuple[int | None, CheckResult | None]:
     return value, None
 
 
+def run_for_int(fn, *args, what: str, timeout: float = 5.0) -> tuple[int | None, CheckResult | None]:
+    """`run_with_timeout`, then `as_int`: the reader's count, or `(None, failed CheckResult)`."""
+    value, problem = run_with_timeout(fn, *args, timeout=timeout)
+    return (None, problem) if problem is not None else as_int(value, what)
+
+
 def _describe(exc: BaseException) -> str:
     text = str(exc).strip()
     return f"{type(exc).__name__}: {text}" if text else type(exc).__name__

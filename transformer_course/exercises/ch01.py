@@ -8,7 +8,7 @@ import torch
 
 from ..generation import generate
 from ..model import GPT, GPTConfig
-from .base import CheckResult, as_int, check_tensor, checker, run_with_timeout
+from .base import CheckResult, check_tensor, checker, run_for_int, run_with_timeout
 
 # GPT-2 small (Radford et al. 2019): V = 50257, 1024 positions, L = 12, d_model = 768, 12 heads, tied head.
 # Hugging Face's GPT2LMHeadModel has 124,439,808 parameters for it (tests/test_exercises_ch01.py counts them),
@@ -33,10 +33,7 @@ def check_count_parameters(fn) -> CheckResult:
     cases = [(name, cfg, GPT(cfg).num_parameters()) for name, cfg in _parameter_configs()]
     cases.append(("GPT-2 small", GPTConfig.gpt2_like(**GPT2_SMALL), GPT2_SMALL_PARAMETERS))
     for name, cfg, expected in cases:
-        got, problem = run_with_timeout(fn, cfg)
-        if problem is not None:
-            return problem
-        got, problem = as_int(got, "a count")
+        got, problem = run_for_int(fn, cfg, what="a count")
         if problem is not None:
             return problem
         if got != expected:  # the hint names what is wrong, never the expected count
@@ -159,10 +156,7 @@ def check_tokens_processed(fn) -> CheckResult:
     """`fn(T, n, use_cache) -> int`: token positions the model computes, over all passes, to add n tokens to T."""
     for use_cache in (False, True):
         for T, n in _POSITION_CASES:
-            got, problem = run_with_timeout(fn, T, n, use_cache)
-            if problem is not None:
-                return problem
-            got, problem = as_int(got, "a number of token positions")
+            got, problem = run_for_int(fn, T, n, use_cache, what="a number of token positions")
             if problem is not None:
                 return problem
             if got != measured_positions(T, n, use_cache):

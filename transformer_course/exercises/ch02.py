@@ -7,7 +7,7 @@ byte allows (`merges_for_run`, a number to derive). The package's `tokenization`
 answers.
 """
 from ..tokenization import BPETokenizer, get_stats, merge, train_fast, train_naive
-from .base import CheckResult, as_int, checker, run_with_timeout
+from .base import CheckResult, as_int, checker, run_for_int, run_with_timeout
 
 
 def _short(value, limit: int = 90) -> str:
@@ -261,7 +261,7 @@ def _runs_hint(got: dict, expected: dict) -> str:
     n = wrong[0]
     if all(got[m] == m - 1 for m in got):
         return ("n - 1 would be right if every merge removed one byte, but merging a frequent pair replaces all "
-                f"its occurrences at once; work out n = 8 by hand")
+                "its occurrences at once; work out n = 8 by hand")
     if all(got[m] == 256 + expected[m] for m in got):
         return "you returned a vocabulary size (256 + merges); return the number of merges"
     if all(got[m] == expected[m] + 1 for m in got):
@@ -291,10 +291,7 @@ def check_merges_for_run(fn) -> CheckResult:
     """
     got = {}
     for n in _RUN_LENGTHS:
-        value, problem = run_with_timeout(fn, n)
-        if problem is not None:
-            return problem
-        value, problem = as_int(value, "a number of merges")
+        value, problem = run_for_int(fn, n, what="a number of merges")
         if problem is not None:
             return problem
         got[n] = value

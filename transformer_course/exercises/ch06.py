@@ -13,7 +13,7 @@ import math
 import torch
 import torch.nn as nn
 
-from .base import CheckResult, as_int, check_tensor, checker, run_with_timeout
+from .base import CheckResult, check_tensor, checker, run_for_int, run_with_timeout
 
 # B, T, d_model, h chosen so that no two of T, h, d_k are equal: a wrong arrangement cannot hide.
 _B, _T, _D, _H = 2, 5, 12, 3
@@ -173,10 +173,7 @@ def check_mha_parameters(fn) -> CheckResult:
     """`fn(d_model, n_heads, d_k, d_v) -> int`: parameters of a multi-head attention layer with biases."""
     for d, h, dk, dv in _PARAM_CASES:
         expected = reference_mha_parameters(d, h, dk, dv)
-        got, problem = run_with_timeout(fn, d, h, dk, dv)
-        if problem is not None:
-            return problem
-        got, problem = as_int(got, "a number of parameters")
+        got, problem = run_for_int(fn, d, h, dk, dv, what="a number of parameters")
         if problem is not None:
             return problem
         if got != expected:

@@ -4,7 +4,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from ..attention import Attention
 from ..gqa import kv_cache_bytes, repeat_kv
-from .base import CheckResult, as_int, check_tensor, checker, run_with_timeout
+from .base import CheckResult, as_int, check_tensor, checker, run_for_int, run_with_timeout
 
 # Llama 2 70B (Touvron et al. 2023, §2.2 and the released configuration): 80 layers, d_model 8192,
 # 64 query heads of d_k = 128, 8 key/value heads.
@@ -121,10 +121,7 @@ def check_gqa_flops(fn) -> CheckResult:
     """`fn(B, T, d_model, n_heads, n_kv_heads) -> int`: matmul FLOPs of one grouped-query attention forward."""
     for B, T, d, h, h_kv in _FLOP_CASES:
         expected = measured_gqa_flops(B, T, d, h, h_kv)
-        got, problem = run_with_timeout(fn, B, T, d, h, h_kv)
-        if problem is not None:
-            return problem
-        got, problem = as_int(got, "a count of FLOPs")
+        got, problem = run_for_int(fn, B, T, d, h, h_kv, what="a count of FLOPs")
         if problem is not None:
             return problem
         if got != expected:

@@ -2,7 +2,7 @@
 import torch
 
 from ..sparse_attention import sliding_window_mask
-from .base import CheckResult, as_int, check_tensor, checker, run_with_timeout
+from .base import CheckResult, as_int, check_tensor, checker, run_for_int, run_with_timeout
 
 MASK_CASES = [(6, 3), (10, 4), (9, 1), (5, 8)]  # (T, window or stride)
 
@@ -183,10 +183,7 @@ def _cache_bytes(T, windows, h_kv, d_k, nbytes, slots=lambda T, w: min(T, w)):
 def check_windowed_cache_bytes(fn) -> CheckResult:
     """`fn(T, windows, n_kv_heads, d_k, dtype_bytes) -> int`: KV-cache bytes of one sequence after T tokens."""
     for label, T, windows, h_kv, d_k, nbytes in _CACHE_CASES:
-        got, problem = run_with_timeout(fn, T, windows, h_kv, d_k, nbytes)
-        if problem is not None:
-            return problem
-        got, problem = as_int(got, "a number of bytes")
+        got, problem = run_for_int(fn, T, windows, h_kv, d_k, nbytes, what="a number of bytes")
         if problem is not None:
             return problem
         expected = _cache_bytes(T, windows, h_kv, d_k, nbytes)
