@@ -256,3 +256,13 @@ def test_as_int_accepts_counts_and_names_what_it_wanted():
         value, problem = as_int(bad, "a count of FLOPs")
         assert value is None and not problem.passed
         assert problem.message.startswith("return an int (a count of FLOPs), got ")
+
+
+def test_as_float_accepts_numbers_and_names_what_it_wanted():
+    from transformer_course.exercises.base import as_float
+
+    assert as_float(2, "a scale") == (2.0, None) and as_float(torch.tensor(0.5), "a scale") == (0.5, None)
+    for bad, words in ((True, "return a number (a scale), got bool"), ("1", "got str"),
+                       (None, "got NoneType"), (math.nan, "must be a finite number"), (math.inf, "finite")):
+        value, problem = as_float(bad, "a scale")
+        assert value is None and not problem.passed and words in problem.message, problem

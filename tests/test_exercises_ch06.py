@@ -87,7 +87,7 @@ def test_gpt2_hints():
     assert "pack() receives" in hint(1234)
     for answer in (4608, 9216, 27648, 769, 1234):
         assert "9228" not in hint(answer) and "9,228" not in hint(answer)
-    assert "give a number" in hint("9228")
+    assert "return a number" in hint("9228")
     assert "finite" in hint(float("inf"))
 
 

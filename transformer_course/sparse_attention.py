@@ -34,7 +34,7 @@ import math
 import torch
 import torch.nn.functional as F
 
-from .attention import check_qkv
+from .attention import LayerKVCache, check_qkv
 from .utils import check_device, check_float_dtype, check_int, check_number, check_tensor
 
 
@@ -146,7 +146,7 @@ def banded_attention(q, k, v, window: int, *, scale=None) -> torch.Tensor:
     return out.reshape(B, h, n * w, d_k)[:, :, :T]
 
 
-class RollingKVCache:
+class RollingKVCache(LayerKVCache):
     """The KV cache of one sliding-window layer, `window` slots: Mistral 7B's rolling buffer (Jiang et al. 2023, §2).
 
     Decoding one token at a time, the token at position p goes to slot p % window, over position p - window,
@@ -157,13 +157,8 @@ class RollingKVCache:
     """
 
     def __init__(self, batch_size, n_kv_heads, window, d_k, *, device=None, dtype=torch.float32):
-        for name, value in dict(batch_size=batch_size, n_kv_heads=n_kv_heads, window=window, d_k=d_k).items():
-            check_int(name, value)
-        check_float_dtype("dtype", dtype)
-        device = None if device is None else check_device("device", device)
-        self.k = torch.zeros(batch_size, n_kv_heads, window, d_k, device=device, dtype=dtype)
-        self.v = torch.zeros_like(self.k)
-        self.length = 0  # positions seen so far
+        check_int("window", window)  # a LayerKVCache of `window` slots; `length` counts positions seen
+        super().__init__(batch_size, n_kv_heads, window, d_k, device=device, dtype=dtype)
 
     @property
     def window(self) -> int:

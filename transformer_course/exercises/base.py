@@ -17,6 +17,7 @@ a missing scale factor) into hints.
 Leaves out: grading, scores and hidden tests; checkers help readers, they do not examine them.
 """
 import functools
+import math
 import io
 import os
 import pickle
@@ -190,6 +191,20 @@ def as_int(value, what: str) -> tuple[int | None, CheckResult | None]:
     if not isinstance(value, int) or isinstance(value, bool):
         return None, CheckResult(False, f"return an int ({what}), got {type(value).__name__}")
     return value, None
+
+
+def as_float(value, what: str) -> tuple[float | None, CheckResult | None]:
+    """The reader's answer as a finite float: `(x, None)`, or `(None, failed CheckResult)` naming `what` it is.
+
+    Accepts an int, a float or a one-element tensor; refuses bools, strings, None, NaN and infinities.
+    """
+    if isinstance(value, torch.Tensor) and value.numel() == 1:
+        value = value.item()
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return None, CheckResult(False, f"return a number ({what}), got {type(value).__name__}")
+    if not math.isfinite(value):
+        return None, CheckResult(False, f"got {value}: {what} must be a finite number")
+    return float(value), None
 
 
 def run_for_int(fn, *args, what: str, timeout: float = 5.0) -> tuple[int | None, CheckResult | None]:

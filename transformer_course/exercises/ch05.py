@@ -14,7 +14,7 @@ import math
 import torch
 import torch.nn.functional as F
 
-from .base import CheckResult, check_tensor, checker, run_with_timeout
+from .base import CheckResult, as_float, check_tensor, checker, run_with_timeout
 
 
 def _qkv(B=2, Tq=5, Tk=7, d_k=16, d_v=6, seed=5):
@@ -143,15 +143,6 @@ def check_prefix_lm_mask(fn) -> CheckResult:
                              f"prefix of 3, {allowed} of 36 pairs are allowed (causal alone: 21)")
 
 
-def _as_float(value):
-    """The reader's answer as a finite float `(x, None)`, or `(None, failed CheckResult)`."""
-    if isinstance(value, torch.Tensor) and value.numel() == 1 and value.is_floating_point():
-        value = value.item()
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        return None, CheckResult(False, f"return a number (a float), got {type(value).__name__}")
-    if not math.isfinite(value):
-        return None, CheckResult(False, f"got {value}: the scale must be a finite number")
-    return float(value), None
 
 
 def _sampled_score_variance(scale: float, d_k: int, sigma_q: float, sigma_k: float, n: int = 20_000) -> float:
@@ -196,7 +187,7 @@ def check_unit_variance_scale(fn) -> CheckResult:
         got, problem = run_with_timeout(fn, d, sq, sk)
         if problem is not None:
             return problem
-        got, problem = _as_float(got)
+        got, problem = as_float(got, "the scale")
         if problem is not None:
             return problem
         label = f"unit_variance_scale({d}, {sq:g}, {sk:g})"

@@ -13,7 +13,7 @@ import math
 import torch
 import torch.nn as nn
 
-from .base import CheckResult, check_tensor, checker, run_for_int, run_with_timeout
+from .base import CheckResult, as_float, check_tensor, checker, run_for_int, run_with_timeout
 
 # B, T, d_model, h chosen so that no two of T, h, d_k are equal: a wrong arrangement cannot hide.
 _B, _T, _D, _H = 2, 5, 12, 3
@@ -87,22 +87,13 @@ def _gpt2_saved_bytes(L=_GPT2_L, B=_GPT2_B, **kwargs) -> int:
     return L * saved_square_bytes(B, _GPT2_H, _GPT2_T, **kwargs)
 
 
-def _as_number(value):
-    """The reader's answer as a finite float `(x, None)`, or `(None, failed CheckResult)`."""
-    if isinstance(value, torch.Tensor) and value.numel() == 1:
-        value = value.item()
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        return None, CheckResult(False, f"give a number of MiB (an int or a float), got {type(value).__name__}")
-    if not math.isfinite(value):
-        return None, CheckResult(False, f"got {value}: give a finite number of MiB")
-    return float(value), None
 
 
 @checker
 def check_gpt2_saved_mib(answer) -> CheckResult:
     """`answer`: MiB of the (..., T, T) tensors that GPT-2 small (B=8, T=1024, float32) would keep for the
     backward pass if each of its 12 layers ran the course's manual attention path."""
-    got, problem = _as_number(answer)
+    got, problem = as_float(answer, "a number of MiB")
     if problem is not None:
         return problem
     expected = _gpt2_saved_bytes() / _MIB
