@@ -23,8 +23,6 @@ latent attention, and paged or quantised caches.
 import argparse
 import dataclasses
 import functools
-import json
-import os
 import sys
 import time
 from pathlib import Path
@@ -168,7 +166,7 @@ def held_out_loss(model: GPT, tokenizer, n_chars: int = 20_000) -> float:
 
 def main(argv: list[str] | None = None) -> int:
     from .checkpoints import CHECKPOINT_DIR, load_checkpoint, save_checkpoint
-    from .train import RESULTS_DIR, course_data
+    from .train import RESULTS_DIR, course_data, save_results
     from .training import estimate_loss, train
 
     parser = argparse.ArgumentParser(prog="python -m transformer_course.gqa",
@@ -223,10 +221,7 @@ def main(argv: list[str] | None = None) -> int:
                   train_seconds=round(seconds, 1), cpu_seconds=round(cpu_seconds, 1),
                   threads=torch.get_num_threads(), train_config=cfg.to_dict(), history=history)
     if args.results:
-        out.parent.mkdir(parents=True, exist_ok=True)
-        tmp = out.with_name(f".{out.name}.tmp")  # written in full, then renamed: never a half-written file
-        tmp.write_text(json.dumps({"model_config": model.config.to_dict(), **record}, indent=1) + "\n")
-        os.replace(tmp, out)
+        save_results(out, model.config, record)
     else:
         save_checkpoint(out, model, tokenizer, **record)
     print(f"val loss: {before:.4f} before conversion, {history[0]['val_loss']:.4f} right after, "

@@ -101,6 +101,14 @@ def load_results(name: str) -> dict:
     return json.loads(path.read_text())
 
 
+def save_results(path: Path, model_config: GPTConfig, record: dict) -> None:
+    """Write a run's JSON (`--results`): the model config and `record`, in full and then renamed into place."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")  # never a half-written file
+    tmp.write_text(json.dumps({"model_config": model_config.to_dict(), **record}, indent=1) + "\n")
+    os.replace(tmp, path)
+
+
 def course_data(tokenizer) -> tuple[torch.Tensor, torch.Tensor]:
     """The course corpus as token ids, split into train (first 90 %) and validation (last 10 %)."""
     ids = torch.tensor(tokenizer.encode(synthetic_corpus(seed=0), allowed_special="all"), dtype=torch.long)
@@ -157,10 +165,7 @@ def main(argv: list[str] | None = None) -> int:
                   train_loss=final["train_loss"], train_seconds=round(seconds, 1), cpu_seconds=round(cpu_seconds, 1),
                   threads=torch.get_num_threads(), train_config=train_config.to_dict(), history=history)
     if args.results:
-        out.parent.mkdir(parents=True, exist_ok=True)
-        tmp = out.with_name(f".{out.name}.tmp")  # written in full, then renamed: never a half-written file
-        tmp.write_text(json.dumps({"model_config": model_config.to_dict(), **record}, indent=1) + "\n")
-        os.replace(tmp, out)
+        save_results(out, model_config, record)
     else:
         save_checkpoint(out, model, tokenizer, **record)
     if args.no_progress:
