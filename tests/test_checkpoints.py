@@ -208,3 +208,40 @@ def test_shipped_tiny_llama_is_the_llama_twin_of_tiny():
 
 def test_shipped_checkpoints_stay_within_20_mb():
     assert sum(p.stat().st_size for p in checkpoints.CHECKPOINT_DIR.glob("*.pt")) <= 20e6
+
+
+def test_uptraining_recipes_start_from_tiny(tmp_path, monkeypatch, capsys):
+    """tiny-mqa / tiny-control continue the shipped tiny: converted to 1 key/value head, or copied as it is."""
+    monkeypatch.setattr(train_cli, "RESULTS_DIR", tmp_path)
+    tiny, _, _ = load_checkpoint("tiny")
+    for name, h_kv in (("tiny-mqa", 1), ("tiny-control", 4)):
+        assert train_cli.main(["--config", name, "--steps", "1", "--seed", "3", "--results", "--no-progress"]) == 0
+        assert f"starts from tiny" in capsys.readouterr().out
+        record = train_cli.load_results(f"{name}-seed3")
+        assert record["source"] == "tiny" and record["n_kv_heads"] == h_kv == GPTConfig.from_dict(record["model_config"]).h_kv
+        assert record["train_config"]["seed"] == 3 and [row["step"] for row in record["history"]] == [0, 1]
+        assert set(record["held_out_loss"]) == {"source", "converted", "final"}
+        if h_kv == 4:  # the control is not converted: the same model before and after "conversion"
+            assert record["held_out_loss"]["source"] == record["held_out_loss"]["converted"]
+            assert record["source_val_loss"] == record["converted_val_loss"]
+        else:  # mean-pooling the four heads changes the function
+            assert record["converted_val_loss"] > record["source_val_loss"] + 0.1
+    assert list(tmp_path.glob("*.pt")) == []
+    model_config, _ = train_cli.CONFIGS["tiny-mqa"]
+    assert model_config == dataclasses.replace(tiny.config, n_kv_heads=1)
+
+
+def test_train_command_reproduces_the_shipped_tiny_mqa(tmp_path):
+    """tiny-mqa.pt was made by the former `python -m transformer_course.gqa --uptrain --n-kv-heads 1`; the
+    one training command's recipe must give the same model (weights and losses, up to float rounding)."""
+    out = tmp_path / "tiny-mqa.pt"
+    assert train_cli.main(["--config", "tiny-mqa", "--out", str(out), "--no-progress"]) == 0
+    shipped, _, shipped_meta = load_checkpoint("tiny-mqa")
+    remade, _, meta = load_checkpoint(out)
+    assert shipped_meta["command"] == "python -m transformer_course.gqa --uptrain --n-kv-heads 1"
+    assert remade.config == shipped.config and meta["steps"] == shipped_meta["steps"] == 150
+    assert {**meta["train_config"], "device": None} == shipped_meta["train_config"]  # the CLI records "cpu"
+    for key in ("source_val_loss", "converted_val_loss", "val_loss"):
+        assert meta[key] == pytest.approx(shipped_meta[key], abs=1e-3), key
+    for (name, a), b in zip(remade.state_dict().items(), shipped.state_dict().values()):
+        torch.testing.assert_close(a, b, atol=1e-3 * max(1.0, b.abs().max().item()), rtol=1e-3, msg=name)

@@ -10,8 +10,8 @@ from collections import Counter
 import pytest
 import torch
 
-from transformer_course.data import (EOT, FACTS, FACT_RELATIONS, count_facts, held_out_split, load_text, sentences,
-                                     synthetic_corpus, train_val_split)
+from transformer_course.data import (COURSE_SEED, EOT, FACTS, FACT_RELATIONS, count_facts, held_out_split, load_text,
+                                     sentences, synthetic_corpus, train_val_split)
 
 
 @pytest.fixture(scope="module")
@@ -222,3 +222,20 @@ def test_a_plain_fresh_sample_is_not_unseen():
 def test_held_out_rejects_bad_arguments(kwargs, match):
     with pytest.raises(ValueError, match=match):
         held_out_split(**kwargs)
+
+
+# The corpus every shipped artefact was made from; the tokenizer asset recorded it when it was trained.
+COURSE_CORPUS_SHA256 = "cb3cf3e2377ea9ca9ad2ed99d1013ff8ddd5e9e6fc79d9f17805a235ab0d571c"
+
+
+def test_course_corpus_is_pinned():
+    """New generators (facts, labels, held-out text) must not change `synthetic_corpus(seed=0)`: the tokenizer
+    and every checkpoint were trained on it, and each records its hash."""
+    from transformer_course.checkpoints import known_checkpoints, load_checkpoint
+    from transformer_course.tokenization import load_course_tokenizer
+
+    text = synthetic_corpus(seed=COURSE_SEED)
+    assert hashlib.sha256(text.encode("utf-8")).hexdigest() == COURSE_CORPUS_SHA256
+    assert load_course_tokenizer().meta["corpus_sha256"] == COURSE_CORPUS_SHA256
+    for name in known_checkpoints():
+        assert load_checkpoint(name)[1].meta["corpus_sha256"] == COURSE_CORPUS_SHA256, name

@@ -23,7 +23,7 @@ from transformer_course.generation import (
     apply_temperature, filtered_probs, generate, left_pad, next_token_distribution, pick_next, top_k_filter,
     top_p_filter,
 )
-from transformer_course.gqa import kv_cache_bytes, mean_pool_kv_heads, mha_to_gqa, repeat_kv, uptrain_config
+from transformer_course.gqa import kv_cache_bytes, mean_pool_kv_heads, mha_to_gqa, repeat_kv
 from transformer_course.heads import LMHead, SequenceClassificationHead, TokenClassificationHead, last_token_index
 from transformer_course.hf import config_from_hf, to_hf_state_dict
 from transformer_course.model import (ATTN_IMPLS, FFNS, GPT, NORM_IMPLS, NORM_POSITIONS, NORMS, POSITIONAL, GPTConfig,
@@ -652,8 +652,8 @@ def test_hf_conversion_refuses_incomplete_configs_and_foreign_models(missing, hf
 @settings(max_examples=30, **FUZZ)
 @given(thing=st.one_of(st.none(), st.integers(), st.text(max_size=2), st.just({"config": None}),
                        st.just(torch.nn.Linear(2, 2))),
-       length=bad_int(0), steps=bad_int())
-def test_more_entry_points_refuse_what_is_not_theirs(folder, thing, length, steps):
+       length=bad_int(0))
+def test_more_entry_points_refuse_what_is_not_theirs(folder, thing, length):
     refused("length", GPT.position_ids, None, length)
     refused("padding_mask", GPT.position_ids, [[True, False]], 2)
     refused("model", next_token_distribution, thing, tokens())
@@ -662,7 +662,6 @@ def test_more_entry_points_refuse_what_is_not_theirs(folder, thing, length, step
     refused("tokenizer", save_checkpoint, folder / "m.pt", MODEL, thing)
     refused("path", save_checkpoint, folder, MODEL, TOKENIZER)  # a folder, not a file
     refused("tokenizer", to_hf_tokenizer, thing)
-    refused("steps", uptrain_config, steps)
     refused("cfg", estimate_loss, MODEL, torch.arange(50) % V, thing)
     refused("cfg", make_optimizer, MODEL, thing)
     refused("model", make_optimizer, {"weight": torch.zeros(2)}, TrainConfig())

@@ -6,9 +6,10 @@ import torch
 import torch.nn.functional as F
 
 from transformer_course.attention import Attention, attention
-from transformer_course.gqa import held_out_loss, kv_cache_bytes, main, mean_pool_kv_heads, mha_to_gqa, repeat_kv
+from transformer_course.gqa import kv_cache_bytes, mean_pool_kv_heads, mha_to_gqa, repeat_kv
 from transformer_course.hf import from_hf, to_hf_state_dict
 from transformer_course.model import GPT, GPTConfig, KVCache
+from transformer_course.training import held_out_loss
 
 
 @pytest.mark.parametrize("h_kv", [1, 2, 4])
@@ -134,42 +135,6 @@ def test_attention_module_matches_sdpa_enable_gqa(h_kv):
     ref = att.out_proj(ref.transpose(1, 2).reshape(2, 6, 32))
     with torch.no_grad():
         torch.testing.assert_close(att(x), ref, atol=1e-6, rtol=1e-5)
-
-
-def test_uptrain_command_runs(tmp_path, capsys):
-    out = tmp_path / "mqa.pt"
-    assert main(["--uptrain", "--n-kv-heads", "2", "--steps", "2", "--no-progress", "--out", str(out)]) == 0
-    from transformer_course.checkpoints import load_checkpoint
-
-    model, _, meta = load_checkpoint(out)
-    assert model.config.h_kv == 2 and meta["steps"] == 2 and meta["source"] == "tiny"
-    assert meta["train_config"]["seed"] == 1 and not meta["control"]
-    assert "right after" in capsys.readouterr().out
-
-
-def test_uptrain_control_results(tmp_path, monkeypatch, capsys):
-    """--control --results: no conversion, no weights, a JSON named after the seed in the results folder."""
-    import transformer_course.train as train_module
-
-    monkeypatch.setattr(train_module, "RESULTS_DIR", tmp_path)
-    assert main(["--uptrain", "--control", "--seed", "3", "--steps", "1", "--results", "--no-progress"]) == 0
-    record = json.loads((tmp_path / "tiny-control-seed3.json").read_text())
-    assert record["control"] and record["n_kv_heads"] == 4 and record["model_config"]["n_kv_heads"] == 4
-    assert record["train_config"]["seed"] == 3 and record["steps"] == 1 and "--control" in record["command"]
-    held_out = record["held_out_loss"]
-    assert held_out["source"] == held_out["converted"]  # a control is not converted: the same model
-    assert record["source_val_loss"] == record["converted_val_loss"]
-    assert [row["step"] for row in record["history"]] == [0, 1]
-    assert list(tmp_path.glob("*.pt")) == []
-    assert "control" in capsys.readouterr().out
-
-
-@pytest.mark.parametrize("args, message", [(["--control", "--n-kv-heads", "1"], "leave out"),
-                                           (["--n-kv-heads", "3"], "divide"), (["--steps", "0"], "steps")])
-def test_uptrain_command_refuses(args, message, capsys):
-    with pytest.raises(SystemExit):
-        main(["--uptrain", *args])
-    assert message in capsys.readouterr().err
 
 
 def test_held_out_loss():

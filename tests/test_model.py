@@ -2,6 +2,7 @@
 with a KV cache as without; the loss; input checks; GPT-2's initialisation and parameter count by hand;
 GPTConfig's validation and serialisation. (Comparisons with Hugging Face: test_hf_reference.py.)"""
 import copy
+import dataclasses
 import json
 import math
 
@@ -227,3 +228,24 @@ def test_cpu_and_cuda_agree(name):
     torch.testing.assert_close(gpu, cpu, atol=1e-4, rtol=0)
     assert torch.equal(generate(on_gpu, idx.cuda(), 10, greedy=True, padding_mask=mask.cuda()).cpu(),
                        generate(model, idx, 10, greedy=True, padding_mask=mask))
+
+
+@pytest.mark.parametrize("norm_position", ["pre", "post"])
+def test_d_ff_zero_gives_attention_only_blocks(norm_position):
+    """d_ff=0: no FFN and no second norm; each block is only its attention sub-layer (Chapter 10)."""
+    from transformer_course.hf import to_hf_state_dict
+
+    config = GPTConfig(vocab_size=50, context_length=16, n_layers=2, n_heads=2, d_model=16, d_ff=0,
+                       norm_position=norm_position)
+    model = GPT(config)
+    assert not any(".ffn." in name or ".norm2." in name for name, _ in model.named_parameters())
+    with_ffn = GPT(dataclasses.replace(config, d_ff=64))
+    assert with_ffn.num_parameters() - model.num_parameters() == 2 * (16 * 64 + 64 + 64 * 16 + 16 + 2 * 16)
+    block, x = model.blocks[0], torch.randn(2, 5, 16)
+    expected = (block.norm1(x + block.attn(x, causal=True)) if norm_position == "post"
+                else x + block.attn(block.norm1(x), causal=True))
+    torch.testing.assert_close(block(x), expected, atol=0, rtol=0)
+    with pytest.raises(ValueError, match="d_ff"):
+        GPTConfig(d_ff=-1)
+    with pytest.raises(ValueError, match="no FFN"):
+        to_hf_state_dict(model)

@@ -21,7 +21,10 @@ from .utils import check_config, check_int
 
 
 class Block(nn.Module):
-    """One block for a `GPTConfig` (`norm_position` pre or post); `window`: this layer's sliding window or None."""
+    """One block for a `GPTConfig` (`norm_position` pre or post); `window`: this layer's sliding window or None.
+
+    With `d_ff=0` the block has no FFN (and no norm2): attention only, for Chapter 10's width sweep.
+    """
 
     def __init__(self, config, window: int | None = None):
         super().__init__()
@@ -32,8 +35,8 @@ class Block(nn.Module):
             config.d_model, config.n_heads, config.n_kv_heads,
             bias=config.bias, dropout=config.dropout, impl=config.attn_impl,
         )
-        self.norm2 = make_norm(config)
-        self.ffn = make_ffn(config)
+        self.norm2 = make_norm(config) if config.ffn_dim else None
+        self.ffn = make_ffn(config) if config.ffn_dim else None  # d_ff=0: attention only (Chapter 10)
         self.post_norm = config.norm_position == "post"
 
     def forward(
@@ -52,6 +55,6 @@ class Block(nn.Module):
 
         if self.post_norm:
             x = self.norm1(x + attend(x))
-            return self.norm2(x + self.ffn(x))
+            return x if self.ffn is None else self.norm2(x + self.ffn(x))
         x = x + attend(self.norm1(x))
-        return x + self.ffn(self.norm2(x))
+        return x if self.ffn is None else x + self.ffn(self.norm2(x))

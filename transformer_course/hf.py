@@ -171,6 +171,8 @@ def to_hf_state_dict(model: GPT) -> dict:
     if not isinstance(model, GPT):
         raise ValueError(f"model must be a course GPT, got {describe(model)}")
     c, sd = model.config, {k: v.detach().clone() for k, v in model.state_dict().items()}
+    if c.ffn_dim == 0:
+        raise ValueError("model has no FFN (d_ff=0); GPT-2, GPT-1 and Llama blocks always have one")
     if (c.positional, c.norm, c.ffn) == ("learned", "layernorm", "gelu") and c.bias:
         wte, wpe, ln_f = _GPT_NAMES[c.norm_position]
         out = {f"transformer.{wte}.weight": sd["tok_emb.weight"], f"transformer.{wpe}.weight": sd["pos_emb.weight"],

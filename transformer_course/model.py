@@ -56,7 +56,7 @@ class GPTConfig:
     n_heads: int = 4
     n_kv_heads: int | None = None  # None -> n_heads (multi-head); 1 -> multi-query; between -> grouped-query
     d_model: int = 128
-    d_ff: int | None = None  # None -> 4*d_model for gelu, Llama's 2/3 rule for swiglu
+    d_ff: int | None = None  # None -> 4*d_model for gelu, Llama's 2/3 rule for swiglu; 0 -> blocks without FFN
     positional: str = "learned"  # none | learned | sinusoidal | rope | alibi
     rope_theta: float = 10000.0
     norm: str = "layernorm"  # layernorm | rmsnorm
@@ -81,9 +81,11 @@ class GPTConfig:
         """Raise `ValueError` naming the first field of the wrong type or with an impossible value."""
         for name in ("vocab_size", "context_length", "n_layers", "n_heads", "d_model"):
             check_int(name, getattr(self, name))
-        for name in ("n_kv_heads", "d_ff", "attention_window"):
+        for name in ("n_kv_heads", "attention_window"):
             if getattr(self, name) is not None:
                 check_int(name, getattr(self, name))
+        if self.d_ff is not None:
+            check_int("d_ff (0: no FFN)", self.d_ff, 0)
         for name, allowed in (("positional", POSITIONAL), ("norm", NORMS), ("ffn", FFNS), ("attn_impl", ATTN_IMPLS),
                               ("norm_position", NORM_POSITIONS), ("norm_impl", NORM_IMPLS)):
             check_choice(name, getattr(self, name), allowed)
@@ -122,7 +124,7 @@ class GPTConfig:
 
     @property
     def ffn_dim(self) -> int:
-        """Hidden width of the FFN: d_ff if given, else 4*d_model (gelu) or Llama's 2/3 rule (swiglu)."""
+        """Hidden width of the FFN: d_ff if given (0: none), else 4*d_model (gelu) or Llama's 2/3 rule (swiglu)."""
         if self.d_ff is not None:
             return self.d_ff
         return 4 * self.d_model if self.ffn == "gelu" else swiglu_hidden_dim(self.d_model)

@@ -1,9 +1,10 @@
 """Make the course checkpoints: `python -m transformer_course.train --config tiny` (Chapter 13).
 
-Each named config in `CONFIGS` pairs a model (`GPTConfig`) with a schedule (`TrainConfig`). The data is
-always the course corpus, `synthetic_corpus(seed=0)`, tokenized with the course tokenizer and split 90/10
-into train and validation tokens. The result is one checkpoint file (`checkpoints.py`) that chapters load
-with `load_checkpoint("tiny")`.
+Each named config in `CONFIGS` pairs a model (`GPTConfig`) with a schedule (`TrainConfig`). The data is the
+course corpus, `synthetic_corpus(seed=0)`, tokenized with the course tokenizer and split 90/10 into train and
+validation tokens, unless `DATA` gives the config other data. The result is one checkpoint file (`checkpoints.py`) that chapters load with
+`load_checkpoint("tiny")`. Most configs start from random weights; those in `START_FROM` continue a shipped
+checkpoint, converted first to fewer key/value heads (`gqa.mha_to_gqa`): Chapter 7's MQA uptraining.
 
 `--seed N` retrains a config with another seed (initial weights, batch order, dropout). `--results` writes no
 weights, only what a chapter reads of a run: a small JSON in `assets/results/` (config, command, time,
@@ -21,16 +22,23 @@ from pathlib import Path
 
 import torch
 
-from .checkpoints import CHECKPOINT_DIR, save_checkpoint
+from .checkpoints import CHECKPOINT_DIR, load_checkpoint, save_checkpoint
 from .data import synthetic_corpus, train_val_split
+from .gqa import mha_to_gqa
 from .model import GPT, GPTConfig
 from .tokenization import COURSE_VOCAB_SIZE, load_course_tokenizer
-from .training import TrainConfig, train
+from .training import TrainConfig, estimate_loss, held_out_loss, train
+
+TINY = GPTConfig.gpt2_like(vocab_size=COURSE_VOCAB_SIZE, context_length=128, n_layers=4, n_heads=4, d_model=128)
+# Uptraining (Chapter 7): 150 steps, 10 % of tiny's 1500 (Ainslie et al. uptrain with 5 % of pre-training), a
+# short warm-up, then cosine decay from a third of tiny's peak rate. Seed 1: the batch order of tiny-mqa.
+UPTRAIN = TrainConfig(steps=150, batch_size=16, block_size=128, lr=1e-3, min_lr=1e-4, warmup_steps=15,
+                      eval_interval=50, eval_batches=20, seed=1)
 
 CONFIGS: dict[str, tuple[GPTConfig, TrainConfig]] = {
     # The course checkpoint: GPT-2 flavoured (learned positions, LayerNorm, GELU, tied LM head).
     "tiny": (
-        GPTConfig.gpt2_like(vocab_size=COURSE_VOCAB_SIZE, context_length=128, n_layers=4, n_heads=4, d_model=128),
+        TINY,
         TrainConfig(steps=1500, batch_size=16, block_size=128, lr=3e-3, min_lr=3e-4, warmup_steps=100,
                     eval_interval=250, eval_batches=20, seed=0),
     ),
@@ -86,7 +94,17 @@ CONFIGS: dict[str, tuple[GPTConfig, TrainConfig]] = {
         TrainConfig(steps=1500, batch_size=32, block_size=64, lr=3e-3, min_lr=3e-4, warmup_steps=100,
                     eval_interval=250, eval_batches=20, seed=0),
     ),
+    # Chapter 7: tiny converted to one key/value head by mean-pooling, then uptrained; and the control, tiny
+    # itself trained for the same steps on the same batches (see START_FROM).
+    "tiny-mqa": (dataclasses.replace(TINY, n_kv_heads=1), UPTRAIN),
+    "tiny-control": (TINY, UPTRAIN),
 }
+
+# Configs that continue a shipped checkpoint: name -> the checkpoint, converted to the config's key/value heads.
+START_FROM = {"tiny-mqa": "tiny", "tiny-control": "tiny"}
+
+# Configs trained on other data than the course corpus: name -> function(tokenizer) -> (train_ids, val_ids).
+DATA: dict = {}
 
 
 RESULTS_DIR = Path(__file__).resolve().parent / "assets" / "results"
@@ -107,6 +125,30 @@ def save_results(path: Path, model_config: GPTConfig, record: dict) -> None:
     tmp = path.with_name(f".{path.name}.tmp")  # never a half-written file
     tmp.write_text(json.dumps({"model_config": model_config.to_dict(), **record}, indent=1) + "\n")
     os.replace(tmp, path)
+
+
+def start_model(name: str, train_config: TrainConfig, tokenizer) -> tuple[GPT, dict]:
+    """The model config `name` starts from, and what the record says about its start.
+
+    From random weights (seeded by `train_config.seed`), or for a `START_FROM` config the shipped checkpoint
+    converted to the config's key/value heads, with its validation loss (on `train_config`'s evaluation
+    batches) and its held-out loss before the conversion, and the held-out loss right after it.
+    """
+    model_config = CONFIGS[name][0]
+    if name not in START_FROM:
+        torch.manual_seed(train_config.seed)
+        return GPT(model_config), {}
+    source, source_tokenizer, source_meta = load_checkpoint(START_FROM[name])
+    if source_tokenizer.to_dict() != tokenizer.to_dict():
+        raise ValueError(f"checkpoint {START_FROM[name]!r} was trained with another tokenizer than the course's")
+    model = source if model_config.h_kv == source.config.h_kv else mha_to_gqa(source, model_config.h_kv)
+    if model.config != model_config:
+        raise ValueError(f"{name}: converting {START_FROM[name]!r} gives {model.config}, not the config {model_config}")
+    _, val_ids = course_data(tokenizer)
+    start = dict(source=START_FROM[name], n_kv_heads=model_config.h_kv, source_steps=source_meta.get("steps"),
+                 source_val_loss=estimate_loss(source, val_ids, train_config),
+                 held_out_loss={"source": held_out_loss(source, tokenizer), "converted": held_out_loss(model, tokenizer)})
+    return model, start
 
 
 def course_data(tokenizer) -> tuple[torch.Tensor, torch.Tensor]:
@@ -143,13 +185,12 @@ def main(argv: list[str] | None = None) -> int:
 
     started = time.perf_counter()
     tokenizer = load_course_tokenizer()
-    train_ids, val_ids = course_data(tokenizer)
+    train_ids, val_ids = DATA.get(args.config, course_data)(tokenizer)
     data_seconds = time.perf_counter() - started
-    torch.manual_seed(train_config.seed)
-    model = GPT(model_config)
+    model, start = start_model(args.config, train_config, tokenizer)
     print(f"{args.config}: {model.num_parameters():,} parameters; {len(train_ids):,} train / {len(val_ids):,} val "
           f"tokens ({data_seconds:.1f} s to build); torch {torch.__version__}, {torch.get_num_threads()} "
-          f"threads, device {args.device}")
+          f"threads, device {args.device}" + (f"; starts from {start['source']}" if start else ""))
 
     started, cpu_started = time.perf_counter(), time.process_time()
     try:
@@ -161,9 +202,13 @@ def main(argv: list[str] | None = None) -> int:
         return 130
     seconds, cpu_seconds = time.perf_counter() - started, time.process_time() - cpu_started
     final = history[-1]
-    record = dict(command=command, config_name=args.config, steps=final["step"], val_loss=final["val_loss"],
-                  train_loss=final["train_loss"], train_seconds=round(seconds, 1), cpu_seconds=round(cpu_seconds, 1),
-                  threads=torch.get_num_threads(), train_config=train_config.to_dict(), history=history)
+    if start:
+        start.update(converted_val_loss=history[0]["val_loss"])
+        start["held_out_loss"]["final"] = held_out_loss(model, tokenizer)
+    record = dict(command=command, config_name=args.config, **start, steps=final["step"],
+                  val_loss=final["val_loss"], train_loss=final["train_loss"], train_seconds=round(seconds, 1),
+                  cpu_seconds=round(cpu_seconds, 1), threads=torch.get_num_threads(),
+                  train_config=train_config.to_dict(), history=history)
     if args.results:
         save_results(out, model_config, record)
     else:

@@ -16,6 +16,9 @@ import torch
 from tqdm.auto import tqdm
 
 from .checkpoints import save_checkpoint
+from .data import held_out_split
+from .model import GPT
+from .tokenization import BPETokenizer
 from .utils import check_device, check_int, check_number, check_tensor, describe
 
 
@@ -135,6 +138,29 @@ def estimate_loss(model: torch.nn.Module, ids: torch.Tensor, cfg: TrainConfig) -
         losses.append(loss.item())
     model.train(was_training)
     return sum(losses) / len(losses)
+
+
+@torch.no_grad()
+def held_out_loss(model: GPT, tokenizer, n_chars: int = 20_000) -> float:
+    """Mean next-token loss of `model` on `data.held_out_split(n_chars)`, cut into context-length rows.
+
+    The text is the same at every call (no sentence of it occurs in the course corpus), so two losses
+    differ only because the models differ. Runs in eval mode and restores the model's previous mode.
+    """
+    if not isinstance(model, GPT):
+        raise ValueError(f"model must be a course GPT, got {describe(model)}")
+    if not isinstance(tokenizer, BPETokenizer):
+        raise ValueError(f"tokenizer must be a BPETokenizer (the model's), got {describe(tokenizer)}")
+    check_int("n_chars", n_chars)
+    ids = torch.tensor(tokenizer.encode(held_out_split(n_chars).text, allowed_special="all"))
+    T = model.config.context_length
+    n = (len(ids) - 1) // T * T
+    if n == 0:
+        raise ValueError(f"n_chars={n_chars} gives {len(ids)} tokens, fewer than one row of {T + 1}")
+    device, was_training = next(model.parameters()).device, model.training
+    loss = model.eval()(ids[:n].view(-1, T).to(device), ids[1: n + 1].view(-1, T).to(device))[1].item()
+    model.train(was_training)
+    return loss
 
 
 def _model_device(model: torch.nn.Module) -> torch.device:
