@@ -21,6 +21,12 @@ For each corpus and vocabulary size V (counting the 256 bytes, the merges and "<
 Compression is bytes of UTF-8 per token on the training text and on the held-out text. "Shared merges" is
 how many of the V - 257 merges both our trainers and Hugging Face's learned (ties are broken differently).
 
+A second table trains on minbpe's own test text (`../shared/data/taylorswift.txt`, V = 512), beside the
+repository, so a reader's clone skips it with a message. It times `train_naive` imported from the package
+(so `import torch` has filled the process with ~150,000 long-lived objects) against the same function in a
+fresh process where `torch` is an empty stub (no torch objects at all), in interleaved rounds, and once more
+with the trainer's garbage-collector pause undone, the state before it existed.
+
 The synthetic corpus has a small closed vocabulary: after 1435 merges every distinct chunk of it is a single
 token, so V = 4096 cannot be reached; our trainers say so with a ValueError (reported in the table) and its
 largest row is V = 1024 instead, the size of the course tokenizer.
@@ -29,11 +35,16 @@ naive trainer.
 Run: .venv/bin/python benchmarks/tokenizer_training.py [--naive-limit 90 --repeats 3]
 """
 import argparse
+import contextlib
 import json
 import os
 import platform
 import signal
+import statistics
+import subprocess
+import sys
 import time
+from pathlib import Path
 
 import pydoc_data.topics
 import tokenizers
@@ -41,9 +52,35 @@ from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 
 from common import machine, markdown_table
 from transformer_course.data import synthetic_corpus
+from transformer_course import tokenization
 from transformer_course.tokenization import EOT, gpt2_bytes_to_unicode, train_fast, train_naive
 
 TRAIN_CHARS, HELD_OUT_CHARS = 200_000, 100_000
+MINBPE_TEXT = Path(__file__).resolve().parents[2] / "shared" / "data" / "taylorswift.txt"
+# The same trainer in a process without torch: `torch` is an empty stub module, so importing the package
+# creates none of torch's objects (nothing here calls torch). Prints the seconds of one train_naive run.
+TORCH_FREE = """
+import sys, time, types
+class Stub(types.ModuleType):
+    def __getattr__(self, name):
+        if name.startswith("__"):
+            raise AttributeError(name)
+        sub = Stub(self.__name__ + "." + name)
+        sys.modules[sub.__name__] = sub
+        setattr(self, name, sub)
+        return sub
+    def __call__(self, *args, **kwargs):
+        return self
+    def __mro_entries__(self, bases):
+        return (object,)
+sys.modules["torch"] = Stub("torch")
+from transformer_course.tokenization import train_naive
+text = open(sys.argv[1], encoding="utf-8").read()
+start = time.perf_counter()
+train_naive(text, int(sys.argv[2]))
+print(time.perf_counter() - start)
+assert "__version__" not in vars(sys.modules["torch"])
+"""
 RUNS = [("prose", 512), ("prose", 4096), ("synthetic", 512), ("synthetic", 1024), ("synthetic", 4096)]
 
 
@@ -131,14 +168,53 @@ def seconds(t: float) -> str:
     return f"{t:.3f}" if t < 1 else f"{t:.1f}"
 
 
+def time_naive(text: str, vocab_size: int, gc_paused: bool = True) -> float:
+    """Seconds of one `train_naive` run in this process; `gc_paused=False` undoes its collector pause."""
+    pause = tokenization._gc_paused
+    if not gc_paused:
+        tokenization._gc_paused = contextlib.nullcontext
+    try:
+        start = time.perf_counter()
+        train_naive(text, vocab_size)
+        return time.perf_counter() - start
+    finally:
+        tokenization._gc_paused = pause
+
+
+def minbpe_table(rounds: int, vocab_size: int = 512) -> str:
+    """The naive trainer on minbpe's test text: here (torch imported), torch-free, and without the GC pause."""
+    if not MINBPE_TEXT.is_file():
+        return (f"Skipped the minbpe test text: {MINBPE_TEXT} is not there (it sits beside the repository "
+                f"on the course's own machines, not in a clone).")
+    text = MINBPE_TEXT.read_text(encoding="utf-8")
+    times = {"package, torch imported": [], "same trainer, torch-free process": [],
+             "package, torch imported, GC pause undone": []}
+    for _ in range(rounds):  # interleaved, so a burst of load hits every row alike
+        times["package, torch imported"].append(time_naive(text, vocab_size))
+        out = subprocess.run([sys.executable, "-c", TORCH_FREE, str(MINBPE_TEXT), str(vocab_size)], check=True,
+                             capture_output=True, text=True, env={**os.environ, "PYTHONHASHSEED": "0"})
+        times["same trainer, torch-free process"].append(float(out.stdout))
+        times["package, torch imported, GC pause undone"].append(time_naive(text, vocab_size, gc_paused=False))
+    free = statistics.median(times["same trainer, torch-free process"])
+    rows = [[name, f"{statistics.median(t):.1f}", f"{min(t):.1f}–{max(t):.1f}", f"{statistics.median(t) / free:.2f}"]
+            for name, t in times.items()]
+    t_fast, _ = best_of(rounds, lambda: train_fast(text, vocab_size))
+    rows.append(["`train_fast` (same merges)", seconds(t_fast), "", f"{t_fast / free:.3f}"])
+    head = (f"### minbpe's test text: `{MINBPE_TEXT.name}`, {len(text.encode('utf-8')):,} bytes, V = {vocab_size}"
+            f"\n\n`train_naive`, median of {rounds} interleaved rounds.\n")
+    return head + "\n" + markdown_table(["trainer, process", "median (s)", "range (s)", "x torch-free"], rows)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--naive-limit", type=float, default=90.0,
                         help="stop a naive run after this many seconds (default %(default)s)")
     parser.add_argument("--repeats", type=int, default=3, help="runs of the fast trainers; the fastest counts")
+    parser.add_argument("--minbpe-rounds", type=int, default=3,
+                        help="interleaved rounds on minbpe's test text (default %(default)s; 0 skips it)")
     args = parser.parse_args()
-    if args.naive_limit <= 0 or args.repeats < 1:
-        parser.error("--naive-limit must be > 0 and --repeats >= 1")
+    if args.naive_limit <= 0 or args.repeats < 1 or args.minbpe_rounds < 0:
+        parser.error("--naive-limit must be > 0, --repeats >= 1 and --minbpe-rounds >= 0")
 
     t_start = time.perf_counter()
     texts = corpora()
@@ -188,6 +264,8 @@ def main() -> None:
                           "held-out, HF", "shared merges"], compression_rows))
     for note in notes:
         print(f"\n{note}")
+    if args.minbpe_rounds > 0:
+        print("\n" + minbpe_table(args.minbpe_rounds))
     print(f"\n_{time.perf_counter() - t_start:.0f} s in all._")
 
 

@@ -14,7 +14,10 @@ loss, backward, clip the gradient norm to 1, AdamW step. Rows:
   SDPA, tied head, no input checks): the floor a readable-but-fast model is measured against.
 
 The token stream is uniform random ids: the arithmetic of a step does not depend on which tokens they are.
-Run: .venv/bin/python benchmarks/train_step.py [--steps 50 --warmup 10 --threads N]
+`--profile N` adds, for the plain-loop rows of the course model (readable and fused norms), PlainGPT and
+HF GPT-2 (SDPA), where the time goes: the ops with the most self CPU time per step, from PyTorch's profiler
+over N steps (the profiler's own overhead inflates every row alike).
+Run: .venv/bin/python benchmarks/train_step.py [--steps 50 --warmup 10 --threads N --profile 20]
 """
 import argparse
 import math
@@ -23,6 +26,7 @@ import time
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from torch.profiler import ProfilerActivity, profile
 from transformers import GPT2Config, GPT2LMHeadModel
 
 from common import add_threads_argument, fix_threads, machine, markdown_table, median_and_spread
@@ -147,12 +151,32 @@ def plain_loop_runner(model: torch.nn.Module, ids: torch.Tensor):
     return run
 
 
+def profile_table(runners: dict, steps: int, top: int = 8) -> str:
+    """The `top` ops by self CPU time per step of each runner, over `steps` profiled steps."""
+    columns, totals = {}, {}
+    for name, run in runners.items():
+        run(3, 1)  # warm
+        with profile(activities=[ProfilerActivity.CPU]) as prof:
+            run(0, steps)
+        events = sorted(prof.key_averages(), key=lambda e: e.self_cpu_time_total, reverse=True)
+        totals[name] = sum(e.self_cpu_time_total for e in events) / steps / 1e3
+        columns[name] = [f"`{e.key.removeprefix('aten::')}` {e.self_cpu_time_total / steps / 1e3:.1f}"
+                         for e in events[:top]]
+    rows = [[f"{rank + 1}"] + [columns[name][rank] for name in runners] for rank in range(top)]
+    rows.append(["all ops"] + [f"{totals[name]:.1f}" for name in runners])
+    return markdown_table(["rank"] + list(runners), rows)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--steps", type=int, default=50, help="timed steps per row (default %(default)s)")
     parser.add_argument("--warmup", type=int, default=10, help="untimed steps first (default %(default)s)")
+    parser.add_argument("--profile", type=int, default=0, metavar="N",
+                        help="also profile N plain-loop steps of four rows (default 0: no profile)")
     add_threads_argument(parser)
     args = parser.parse_args()
+    if args.steps < 1 or args.warmup < 0 or args.profile < 0:
+        parser.error("--steps must be >= 1, --warmup and --profile >= 0")
     threads = fix_threads(args.threads)
     ids = torch.randint(VOCAB, (N_TOKENS,), generator=torch.Generator().manual_seed(0))
 
@@ -190,6 +214,13 @@ def main() -> None:
           f"Median over {per_round * ROUNDS} steps per row, taken in {ROUNDS} interleaved rounds after "
           f"{args.warmup} warm-up steps; {threads}. {machine()}.\n")
     print(markdown_table(["model, loop", "ms/step (median)", "p10–p90 ms", "tokens/s", "x PlainGPT"], rows))
+    if args.profile:
+        profiled = {"course, readable norm (sdpa)": runners["course GPT, plain loop (attn_impl=\"sdpa\")"],
+                    "course, fused norm (sdpa)": runners["course GPT, plain loop (sdpa, norm_impl=\"fused\")"],
+                    "PlainGPT": runners["PlainGPT (nanoGPT-style), plain loop"],
+                    "HF GPT-2 (sdpa)": runners["HF GPT2LMHeadModel, plain loop (sdpa)"]}
+        print(f"\n### Where a step's time goes: self CPU ms per step, {args.profile} profiled steps\n")
+        print(profile_table(profiled, args.profile))
 
 
 if __name__ == "__main__":

@@ -343,3 +343,30 @@ def test_hugging_face_trainer_compresses_like_ours():
     hf_ids, our_ids = hf.encode(held_out).ids, ours.encode(held_out)
     assert hf.get_vocab_size() == ours.vocab_size == 1024 and hf.decode(hf_ids) == held_out
     assert abs(n_bytes / len(hf_ids) - n_bytes / len(our_ids)) < 0.02 * n_bytes / len(our_ids)
+
+
+def test_train_naive_pauses_the_garbage_collector_and_restores_it(monkeypatch):
+    """The collector is off while the naive trainer allocates (benchmarks/tokenizer_training.py: with it on,
+    every full pass rescans torch's objects), and left as the caller had it, also after an error."""
+    import gc
+
+    import transformer_course.tokenization as tokenization
+
+    seen = []
+    real_get_stats = tokenization.get_stats
+    monkeypatch.setattr(tokenization, "get_stats", lambda ids, counts=None: (seen.append(gc.isenabled()),
+                                                                             real_get_stats(ids, counts))[1])
+    was_enabled = gc.isenabled()
+    try:
+        for enabled in (True, False):
+            (gc.enable if enabled else gc.disable)()
+            tok = tokenization.train_naive("abab abab cdcd", 260)
+            assert gc.isenabled() is enabled and seen and not any(seen)
+            assert tok.merges == tokenization.train_fast("abab abab cdcd", 260).merges
+            seen.clear()
+        gc.enable()
+        with pytest.raises(ValueError, match="no pair left"):
+            tokenization.train_naive("ab", 300)
+        assert gc.isenabled()
+    finally:
+        (gc.enable if was_enabled else gc.disable)()

@@ -22,6 +22,8 @@ needs neither), BPE dropout, normalization (lower-casing, Unicode NFC), and the 
 Face `tokenizers` (Rust); encoding caches each distinct chunk in a dict instead.
 """
 import argparse
+import contextlib
+import gc
 import hashlib
 import heapq
 import json
@@ -71,7 +73,7 @@ def merge(ids, pair, idx):
     check_int("idx", idx, 0)
     out, i = [], 0
     while i < len(ids):
-        if i < len(ids) - 1 and ids[i] == pair[0] and ids[i + 1] == pair[1]:
+        if ids[i] == pair[0] and i < len(ids) - 1 and ids[i + 1] == pair[1]:  # the rare test first
             out.append(idx)
             i += 2
         else:
@@ -150,6 +152,24 @@ def _no_pair_left(done: int, wanted: int, vocab_size: int) -> ValueError:
                       f"vocab_size={vocab_size} needs {wanted}: use more text or a smaller vocab_size")
 
 
+@contextlib.contextmanager
+def _gc_paused():
+    """Pause Python's cyclic garbage collector, then restore it as it was.
+
+    `train_naive` allocates millions of short lists that reference counting alone frees; each counts towards
+    the collector's next pass, and every full pass rescans all long-lived objects of the process: the
+    ~150,000 that `import torch` makes. Paused, it runs as fast as in a process without torch
+    (`benchmarks/tokenizer_training.py` measures both).
+    """
+    was_enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if was_enabled:
+            gc.enable()
+
+
 def train_naive(text: str, vocab_size: int, special_tokens=(EOT,), pattern=GPT2_SPLIT_PATTERN) -> "BPETokenizer":
     """Learn `vocab_size - 256 - len(special_tokens)` merges the slow, obvious way (the teaching version).
 
@@ -158,15 +178,16 @@ def train_naive(text: str, vocab_size: int, special_tokens=(EOT,), pattern=GPT2_
     num_merges = _check_training_args(text, vocab_size, special_tokens, pattern)
     chunks = [list(chunk.encode("utf-8")) for chunk in split_text(text, pattern, special_tokens)]
     merges = []
-    for k in range(num_merges):
-        stats = {}
-        for ids in chunks:
-            get_stats(ids, stats)
-        if not stats:
-            raise _no_pair_left(k, num_merges, vocab_size)
-        pair = min(stats, key=lambda p: (-stats[p], p))  # the most frequent pair; ties: the smallest pair
-        chunks = [merge(ids, pair, 256 + k) for ids in chunks]
-        merges.append(pair)
+    with _gc_paused():
+        for k in range(num_merges):
+            stats = {}
+            for ids in chunks:
+                get_stats(ids, stats)
+            if not stats:
+                raise _no_pair_left(k, num_merges, vocab_size)
+            pair = min(stats, key=lambda p: (-stats[p], p))  # the most frequent pair; ties: the smallest pair
+            chunks = [merge(ids, pair, 256 + k) for ids in chunks]
+            merges.append(pair)
     return BPETokenizer(merges, special_tokens, pattern)
 
 
