@@ -51,6 +51,10 @@ def test_show_source_displays_the_package_file(monkeypatch):
     tc.show_source(tc.seed_everything)
     assert shown[0].startswith("`transformer_course/utils.py`, lines ")
     assert "def seed_everything(seed: int)" in shown[0]
+    from transformer_course.training import estimate_loss  # wrapped by @torch.no_grad()
+
+    tc.show_source(estimate_loss)
+    assert shown[1].startswith("`transformer_course/training.py`, lines ") and "def estimate_loss(" in shown[1]
     with pytest.raises(ValueError, match="show_source needs"):
         tc.show_source(3)
 

@@ -46,6 +46,7 @@ def show_source(obj) -> None:
     from IPython.display import Markdown, display
 
     try:
+        obj = inspect.unwrap(obj)  # a decorated function (@torch.no_grad()): the file of the function itself
         lines, start = inspect.getsourcelines(obj)
         path = pathlib.Path(inspect.getsourcefile(obj)).resolve()
     except (TypeError, OSError) as exc:
