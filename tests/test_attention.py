@@ -292,3 +292,16 @@ def test_scale_changes_the_weights_as_a_temperature():
                                atol=ATOL, rtol=0)
     torch.testing.assert_close(attention(q, k, v, scale=0.0), F.scaled_dot_product_attention(q, k, v, scale=0.0),
                                atol=ATOL, rtol=0)
+
+
+@pytest.mark.parametrize("impl", ["manual", "sdpa"])
+def test_values_may_be_wider_or_narrower_than_keys(impl):
+    """d_v need not equal d_k: the output takes v's last dimension (the docstring's shapes)."""
+    g = torch.Generator().manual_seed(0)
+    q, k = torch.randn(2, 4, 5, 8, generator=g), torch.randn(2, 2, 5, 8, generator=g)
+    for d_v in (3, 12):
+        v = torch.randn(2, 2, 5, d_v, generator=g)
+        out = attention(q, k, v, causal=True, impl=impl)
+        ref = F.scaled_dot_product_attention(q, k, v, is_causal=True, enable_gqa=True)
+        assert out.shape == (2, 4, 5, d_v)
+        torch.testing.assert_close(out, ref, atol=1e-5, rtol=1e-5)

@@ -4,7 +4,8 @@ One entry point, `attention(q, k, v, ...)`, does every variant the course needs:
 
     softmax(q k^T * scale + bias + mask) v,        scale = 1/sqrt(d_k) unless given
 
-- q `(B, h, Tq, d_k)`, k and v `(B, h_kv, Tk, d_k)` with h % h_kv == 0: query head j reads key/value head
+- q `(B, h, Tq, d_k)`, k `(B, h_kv, Tk, d_k)`, v `(B, h_kv, Tk, d_v)` with h % h_kv == 0 (d_v = d_k in
+  every model of the course, but nothing needs it): query head j reads key/value head
   j // (h / h_kv) (multi-head when h_kv == h, grouped-query when 1 < h_kv < h, multi-query when h_kv == 1);
 - `causal`: query i sees keys up to its own position. When Tq < Tk (decoding with a KV cache) the queries are
   the LAST Tq positions, so query i sits at position Tk - Tq + i;
@@ -36,7 +37,7 @@ from .utils import (
 
 
 def check_qkv(q, k, v) -> None:
-    """q `(B, h, Tq, d_k)`, k and v `(B, h_kv, Tk, d_k)`: floating point, one dtype, one device, h % h_kv == 0."""
+    """q `(B, h, Tq, d_k)`, k `(B, h_kv, Tk, d_k)`, v `(B, h_kv, Tk, d_v)`: floating point, one dtype and device."""
     check_tensor("q", q, ("B", "h", "Tq", "d_k"), "float")
     for name, t in (("k", k), ("v", v)):
         check_tensor(f"{name} (like q)", t, ("B", "h_kv", "Tk", "d_k"), q.dtype, q.device)
@@ -133,7 +134,8 @@ def _weights(q, k, causal, bias, window, padding_mask, scale):
 def attention(
     q, k, v, *, causal=False, bias=None, window=None, padding_mask=None, scale=None, dropout_p=0.0, impl="manual"
 ) -> torch.Tensor:
-    """Scaled dot-product attention: q `(B, h, Tq, d_k)`, k, v `(B, h_kv, Tk, d_k)` -> `(B, h, Tq, d_k)`.
+    """Scaled dot-product attention: q `(B, h, Tq, d_k)`, k `(B, h_kv, Tk, d_k)`, v `(B, h_kv, Tk, d_v)` ->
+    `(B, h, Tq, d_v)`.
 
     See the module docstring for the meaning of each keyword. `dropout_p` drops attention weights (training
     only). `impl`: "manual" (readable, the teaching path) or "sdpa" (`F.scaled_dot_product_attention`).
@@ -146,7 +148,7 @@ def attention(
         if dropout_p > 0:
             weights = F.dropout(weights, p=dropout_p)
         (B, h, Tq, Tk), h_kv = weights.shape, k.shape[1]
-        out = weights.reshape(B, h_kv, (h // h_kv) * Tq, Tk) @ v  # (B, h_kv, h/h_kv * Tq, d_k): v not copied
+        out = weights.reshape(B, h_kv, (h // h_kv) * Tq, Tk) @ v  # (B, h_kv, h/h_kv * Tq, d_v): v not copied
         return out.reshape(B, h, Tq, v.shape[-1])
     return _sdpa(q, k, v, causal, bias, window, padding_mask, scale, dropout_p)
 

@@ -1,7 +1,7 @@
 """Heads: what sits on top of the last block's hidden states `(B, T, d_model)` (Chapter 12).
 
 - `LMHead`: a linear map to vocabulary logits `(B, T, V)`, either with its own weight or tied to the token
-  embedding (Press & Wolf 2017; GPT-2 ties, Llama 2 does not): then logits = h @ E^T, a score for every
+  embedding (Press & Wolf 2017; GPT-2 ties, Llama 2 does not): then logits = hidden @ E^T, a score for every
   token by similarity to its input embedding.
 - `SequenceClassificationHead`: one label per sequence. A causal model's last real token is the only one
   that has seen the whole text, so pool that token (as Hugging Face's GPT2ForSequenceClassification does:
@@ -18,7 +18,7 @@ from .utils import check_bool, check_input, check_int, check_number, check_tenso
 
 
 class LMHead(nn.Module):
-    """h `(B, T, d_model)` -> logits `(B, T, V)`. With `tied_to` (a module with a `(V, d_model)` `.weight`,
+    """hidden `(B, T, d_model)` -> logits `(B, T, V)`. With `tied_to` (a module with a `(V, d_model)` `.weight`,
     the token embedding) the head uses that very Parameter, so the two are trained as one."""
 
     def __init__(self, d_model: int, vocab_size: int, tied_to: nn.Module | None = None):
@@ -32,9 +32,9 @@ class LMHead(nn.Module):
             self.weight = nn.Parameter(torch.randn(vocab_size, d_model) * 0.02)
         self.tied = tied_to is not None
 
-    def forward(self, h: torch.Tensor) -> torch.Tensor:
-        check_input("h", h, self.weight)
-        return F.linear(h, self.weight)  # (B, T, V) = h @ W^T
+    def forward(self, hidden: torch.Tensor) -> torch.Tensor:
+        check_input("hidden", hidden, self.weight)
+        return F.linear(hidden, self.weight)  # (B, T, V) = hidden @ W^T
 
     def extra_repr(self) -> str:
         return f"{self.weight.shape[1]} -> {self.weight.shape[0]}, tied={self.tied}"
@@ -52,31 +52,31 @@ def last_token_index(padding_mask: torch.Tensor | None, B: int, T: int) -> torch
 
 
 class SequenceClassificationHead(nn.Module):
-    """h `(B, T, d_model)` -> logits `(B, n_classes)` read from each row's last real token."""
+    """hidden `(B, T, d_model)` -> logits `(B, n_classes)` read from each row's last real token."""
 
     def __init__(self, d_model: int, n_classes: int, bias: bool = False):
         super().__init__()
         self.score = nn.Linear(check_int("d_model", d_model), check_int("n_classes", n_classes),
                                bias=check_bool("bias", bias))
 
-    def forward(self, h: torch.Tensor, padding_mask: torch.Tensor | None = None) -> torch.Tensor:
-        check_input("h", h, self.score.weight, ("B", "T"))
+    def forward(self, hidden: torch.Tensor, padding_mask: torch.Tensor | None = None) -> torch.Tensor:
+        check_input("hidden", hidden, self.score.weight, ("B", "T"))
         if padding_mask is not None:
-            check_tensor("padding_mask", padding_mask, device=h.device)
-        B, T, _ = h.shape
-        last = last_token_index(padding_mask, B, T).to(h.device)  # (B,)
-        pooled = h[torch.arange(B, device=h.device), last]  # (B, d_model)
+            check_tensor("padding_mask", padding_mask, device=hidden.device)
+        B, T, _ = hidden.shape
+        last = last_token_index(padding_mask, B, T).to(hidden.device)  # (B,)
+        pooled = hidden[torch.arange(B, device=hidden.device), last]  # (B, d_model)
         return self.score(pooled)  # (B, n_classes)
 
 
 class TokenClassificationHead(nn.Module):
-    """h `(B, T, d_model)` -> logits `(B, T, n_labels)`, one prediction per token."""
+    """hidden `(B, T, d_model)` -> logits `(B, T, n_labels)`, one prediction per token."""
 
     def __init__(self, d_model: int, n_labels: int, dropout: float = 0.0):
         super().__init__()
         self.dropout = nn.Dropout(check_number("dropout", dropout, "[0, 1)"))
         self.classifier = nn.Linear(check_int("d_model", d_model), check_int("n_labels", n_labels))
 
-    def forward(self, h: torch.Tensor) -> torch.Tensor:
-        check_input("h", h, self.classifier.weight)
-        return self.classifier(self.dropout(h))  # (B, T, n_labels)
+    def forward(self, hidden: torch.Tensor) -> torch.Tensor:
+        check_input("hidden", hidden, self.classifier.weight)
+        return self.classifier(self.dropout(hidden))  # (B, T, n_labels)
