@@ -291,8 +291,8 @@ ANY_RANK = ("type", "dtype", "last", "meta")
 LAYERS = {  # name -> (layer, input name, the kinds of wrong input for it); the good input is (2, 3, 8)
     "LayerNorm": (LayerNorm(8), "x", ANY_RANK), "RMSNorm": (RMSNorm(8), "x", ANY_RANK),
     "MLP": (MLP(8, 16), "x", ANY_RANK), "SwiGLU": (SwiGLU(8, 16), "x", ANY_RANK),
-    "LMHead": (LMHead(8, V), "h", ANY_RANK), "TokenClassificationHead": (TokenClassificationHead(8, 3), "h", ANY_RANK),
-    "SequenceClassificationHead": (SequenceClassificationHead(8, 3), "h", ANY_RANK + ("rank",)),
+    "LMHead": (LMHead(8, V), "hidden", ANY_RANK), "TokenClassificationHead": (TokenClassificationHead(8, 3), "hidden", ANY_RANK),
+    "SequenceClassificationHead": (SequenceClassificationHead(8, 3), "hidden", ANY_RANK + ("rank",)),
     "Block": (Block(small_config()), "x", ANY_RANK + ("rank",)),
     "Attention": (Attention(8, 2), "x", ANY_RANK + ("rank",)),
 }
