@@ -15,16 +15,19 @@ def layer_norm(x, weight, bias, eps):
     return (x - mean) / torch.sqrt(var + eps) * weight + bias
 
 
-def norm_parameters(n_layers, d_model, norm, position):
+def counted(config):
     """Counted on a real model, not from the checker's formula."""
-    config = GPTConfig.gpt2_like(vocab_size=10, context_length=4, n_layers=n_layers, n_heads=1, d_model=d_model,
-                                 norm=norm, norm_position=position)
     model = GPT(config)
     return sum(p.numel() for m in model.modules() if isinstance(m, (LayerNorm, RMSNorm)) for p in m.parameters())
 
 
-def formula(n_layers, d_model, norm, position):
-    return (2 * n_layers + (position == "pre")) * (2 * d_model if norm == "layernorm" else d_model)
+def norm_parameters(config):
+    """The reference answer, derived by hand from Block.__init__, make_norm and GPT's norm_f."""
+    per_norm = config.d_model * (2 if config.norm == "layernorm" and config.bias else 1)
+    return (config.n_layers * (2 if config.ffn_dim else 1) + (config.norm_position == "pre")) * per_norm
+
+
+SMALL = dict(vocab_size=10, context_length=4, n_heads=1)
 
 
 # Worked by hand: mean(x^2) = 0.001^2 = 1e-6; + eps = 1.1e-5; sqrt = 0.0033166; 0.001 / 0.0033166 = 0.30151.
@@ -34,7 +37,7 @@ RMS_SMALL = 0.30151
 def test_reference_answers_pass():
     assert ch09.check_layer_norm(layer_norm).passed
     assert ch09.check_layer_norm(lambda x, w, b, eps: torch.nn.functional.layer_norm(x, w.shape, w, b, eps)).passed
-    assert ch09.check_norm_parameters(formula).passed
+    assert ch09.check_norm_parameters(norm_parameters).passed
     assert ch09.check_rms_small(RMS_SMALL).passed
     assert ch09.check_rms_small(torch.tensor(RMS_SMALL)).passed
     measured = RMSNorm(8)(torch.full((8,), 0.001))[0].item()
@@ -42,11 +45,28 @@ def test_reference_answers_pass():
 
 
 def test_norm_parameters_reference_agrees_with_a_counted_model():
-    """The formula the checker's reference uses equals parameters counted on a GPT (small cases)."""
-    for L, d, norm, position in [(1, 10, "layernorm", "pre"), (3, 8, "rmsnorm", "pre"), (2, 6, "rmsnorm", "post"),
-                                 (2, 12, "layernorm", "post")]:
-        assert norm_parameters(L, d, norm, position) == formula(L, d, norm, position)
-    assert formula(12, 768, "layernorm", "pre") == 25 * 1536  # GPT-2 small: 25 LayerNorms of 768 + 768
+    """The hand-derived count equals parameters counted on a GPT, over every layout the checker tries."""
+    for make in (GPTConfig.gpt2_like, GPTConfig.llama_like):
+        for norm in ("layernorm", "rmsnorm"):
+            for position in ("pre", "post"):
+                for bias in (True, False):
+                    for d_ff in (None, 0):
+                        config = make(n_layers=3, d_model=8, norm=norm, norm_position=position, bias=bias,
+                                      d_ff=d_ff, **SMALL)
+                        assert norm_parameters(config) == counted(config), config
+    # Published sizes, by hand: GPT-2 small has 25 LayerNorms of 768 + 768; LLaMA-7B 65 RMSNorms of 4096.
+    gpt2 = GPTConfig.gpt2_like(vocab_size=50257, context_length=1024, n_layers=12, n_heads=12, d_model=768)
+    llama = GPTConfig.llama_like(vocab_size=32000, context_length=2048, n_layers=32, n_heads=32, d_model=4096)
+    assert norm_parameters(gpt2) == 25 * 1536 and norm_parameters(llama) == 65 * 4096 == 266_240
+    assert ch09._norm_parameters(gpt2) == 38_400
+
+
+def test_the_checker_tries_the_cases_the_chapter_does_not_show():
+    cases = ch09._norm_cases()
+    assert any(c.ffn_dim == 0 for c in cases)
+    assert any(c.norm == "layernorm" and not c.bias for c in cases)
+    assert any(c.norm == "rmsnorm" and c.bias for c in cases)
+    assert {c.norm_position for c in cases} == {"pre", "post"}
 
 
 def test_layer_norm_hints():
@@ -79,20 +99,30 @@ def test_layer_norm_hints():
 
 
 def test_norm_parameters_hints():
+    def per(c, bias_aware=True):
+        return c.d_model * (2 if c.norm == "layernorm" and (c.bias or not bias_aware) else 1)
+
+    def blocks(c):
+        return c.n_layers * (2 if c.ffn_dim else 1)
+
+    pre = lambda c: c.norm_position == "pre"  # noqa: E731
     cases = [
-        (lambda L, d, n, p: 2 * L * (2 * d if n == "layernorm" else d), "one more norm after its last block"),
-        (lambda L, d, n, p: (2 * L + 1) * (2 * d if n == "layernorm" else d), "no final norm"),
-        (lambda L, d, n, p: (2 * L + (p == "pre")) * 2 * d, "gain but no bias"),
-        (lambda L, d, n, p: (2 * L + (p == "pre")) * d, "gain and a bias"),
-        (lambda L, d, n, p: (L + (p == "pre")) * (2 * d if n == "layernorm" else d), "two norms"),
+        (lambda c: (2 * c.n_layers + pre(c)) * per(c), "d_ff=0"),                     # norm2 always
+        (lambda c: (blocks(c) + pre(c)) * per(c, bias_aware=False), "bias is False"),  # LayerNorm always 2 d
+        (lambda c: (blocks(c) + pre(c)) * c.d_model * (1 if c.norm == "layernorm" else 2), "vectors"),
+        (lambda c: blocks(c) * per(c), "after the last block"),                         # no final norm ever
+        (lambda c: (blocks(c) + 1) * per(c), "after its last block"),                   # always a final norm
+        (lambda c: (c.n_layers + pre(c)) * per(c), "block with an FFN"),                # one norm per block
+        (lambda c: (blocks(c) + (not pre(c))) * per(c), "after the last block"),       # final norm swapped
     ]
     for fn, words in cases:
         result = ch09.check_norm_parameters(fn)
-        assert not result.passed and words in result.message, result.message
+        assert not result.passed and words in result.message, (words, result.message)
+        assert "?" in result.message  # a question, not the answer
 
 
 def test_rms_small_hints():
-    for value, words in [(1.0, "without eps"), (0.0, "LayerNorm"), (0.001 / math.sqrt(1e-5), "does not replace"),
+    for value, words in [(1.0, "without eps"), (0.0, "positive number"), (0.001 / math.sqrt(1e-5), "does not replace"),
                          (0.001 / math.sqrt(8e-6 + 1e-5), "not the sum"), (0.001 / (0.001 + 1e-5), "inside"),
                          (0.001, "not x itself"), (0.5, "is not it")]:
         result = ch09.check_rms_small(value)
@@ -107,6 +137,8 @@ def test_checkers_never_crash():
         while True:
             pass
 
+    old_signature = lambda n_layers, d_model, norm, position: 0  # noqa: E731  (the previous exercise's)
+    assert "raised" in ch09.check_norm_parameters(old_signature).message
     for check in (ch09.check_layer_norm, ch09.check_norm_parameters):
         for answer in (None, 3, "text", raises, lambda *a: None, lambda *a: float("nan"), lambda *a: "x"):
             assert not check(answer).passed

@@ -152,9 +152,12 @@ def test_chapter_9_recipes_change_one_thing():
     assert differences(tied[0], rms[0]) == {"norm"} and differences(tied[1], rms[1]) == set()
     pre, post = CONFIGS["deep-pre-nowarmup"], CONFIGS["deep-post-nowarmup"]
     assert differences(pre[0], post[0]) == {"norm_position"} and differences(pre[1], post[1]) == set()
-    for name in ("deep-pre", "deep-post", "deep-post-*-lr3e-3"):
+    for name in ("deep-pre", "deep-post", "deep-post-*-lr3e-3", "deep-pre-*-lr3e-3"):
         a, b = (CONFIGS[name.replace("*", w) if "*" in name else f"{name}-{w}"] for w in ("nowarmup", "warmup"))
         assert differences(a[0], b[0]) == set() and differences(a[1], b[1]) == {"warmup_steps"}
     low = CONFIGS["deep-post-nowarmup-lr3e-3"]
     assert differences(post[0], low[0]) == set() and differences(post[1], low[1]) == {"lr", "min_lr"}
+    low_pre = CONFIGS["deep-pre-nowarmup-lr3e-3"]
+    assert differences(pre[0], low_pre[0]) == set() and differences(pre[1], low_pre[1]) == {"lr", "min_lr"}
+    assert differences(low[0], low_pre[0]) == {"norm_position"} and differences(low[1], low_pre[1]) == set()
     assert all(CONFIGS[n][1].grad_clip == 0 for n in CONFIGS if n.startswith("deep-"))

@@ -1,4 +1,5 @@
 """Checkers for Chapter 9, "Layer normalization". Each takes the reader's answer and never raises."""
+import dataclasses
 import math
 
 import torch
@@ -63,47 +64,75 @@ def check_layer_norm(fn) -> CheckResult:
                              "dimension, eps inside the square root, then weight and bias")
 
 
-def _norm_parameters(n_layers, d_model, norm, position):
-    per_norm = 2 * d_model if norm == "layernorm" else d_model  # gain (+ bias for LayerNorm)
-    n_norms = 2 * n_layers + (1 if position == "pre" else 0)  # two per block, + the final norm of pre-norm
-    return n_norms * per_norm
+def _norm_parameters(c) -> int:
+    """Learned parameters of all the norms of `GPT(c)`, from the config's fields alone."""
+    per_norm = c.d_model * (2 if c.norm == "layernorm" and c.bias else 1)  # gain (+ bias)
+    per_block = 2 if c.ffn_dim else 1  # norm2 only in front of (or after) an FFN
+    return (c.n_layers * per_block + (c.norm_position == "pre")) * per_norm
 
 
-NORM_CASES = [(12, 768, "layernorm", "pre"), (12, 768, "layernorm", "post"), (32, 4096, "rmsnorm", "pre"),
-              (6, 512, "rmsnorm", "post"), (1, 10, "layernorm", "pre"), (3, 7, "rmsnorm", "pre")]
+def _norm_cases():
+    """GPTConfigs of the shapes the check tries; none is built into a model."""
+    from ..model import GPTConfig  # lazy: exercise modules stay light to import
+
+    gpt2, llama = GPTConfig.gpt2_like, GPTConfig.llama_like
+    small = dict(vocab_size=10, context_length=8, n_heads=1)
+    return [
+        gpt2(vocab_size=50257, context_length=1024, n_layers=12, n_heads=12, d_model=768),
+        gpt2(vocab_size=50257, context_length=1024, n_layers=12, n_heads=12, d_model=768, norm_position="post"),
+        llama(vocab_size=32000, context_length=2048, n_layers=32, n_heads=32, d_model=4096),
+        gpt2(n_layers=6, d_model=512, bias=False, **small),
+        gpt2(n_layers=3, d_model=10, bias=False, norm_position="post", **small),
+        gpt2(n_layers=4, d_model=16, d_ff=0, **small),
+        llama(n_layers=5, d_model=12, d_ff=0, norm_position="post", **small),
+        gpt2(n_layers=2, d_model=6, norm="rmsnorm", bias=True, norm_position="post", **small),
+        llama(n_layers=1, d_model=8, norm="layernorm", bias=True, **small),
+    ]
+
+
+def _describe(c) -> str:
+    return (f"L={c.n_layers}, d_model={c.d_model}, {c.norm}, {c.norm_position}-norm, bias={c.bias}, "
+            f"d_ff={c.ffn_dim}")
+
+
+def _norm_mistakes(c):
+    """(value, hint) for the typical wrong counts of config c; each hint is a question, not the answer."""
+    d, L, pre = c.d_model, c.n_layers, c.norm_position == "pre"
+    per = d * (2 if c.norm == "layernorm" and c.bias else 1)
+    blocks = L * (2 if c.ffn_dim else 1)
+    yield (2 * L + pre) * per, ("does a block without an FFN (d_ff=0) still have a norm2? Look at "
+                                "Block.__init__")
+    if c.norm == "layernorm":
+        yield (blocks + pre) * 2 * d, "how many vectors does a LayerNorm learn when config.bias is False?"
+        yield (blocks + pre) * d, "how many vectors does a LayerNorm with a bias learn?"
+    else:
+        yield (blocks + pre) * 2 * d, "does an RMSNorm learn a bias, even when config.bias is True?"
+    yield blocks * per, "what reads the residual stream after the last block of a pre-norm model?"
+    yield (blocks + 1) * per, "does a post-norm model need a norm after its last block?"
+    yield (L + pre) * per, "how many norms does a block with an FFN hold?"
 
 
 @checker
 def check_norm_parameters(fn) -> CheckResult:
-    """`fn(n_layers, d_model, norm, position) -> int`: learned parameters of all the norms of a model."""
-    for L, d, norm, position in NORM_CASES:
-        value, problem = run_with_timeout(fn, L, d, norm, position)
+    """`fn(config) -> int`: learned parameters of all the norms of `GPT(config)`, without building it."""
+    for config in _norm_cases():
+        value, problem = run_with_timeout(fn, dataclasses.replace(config))
         if problem is not None:
             return problem
         got, problem = as_int(value, "a number of parameters")
         if problem is not None:
             return problem
-        expected = _norm_parameters(L, d, norm, position)
+        expected = _norm_parameters(config)
         if got == expected:
             continue
-        where = f"for L={L}, d_model={d}, {norm}, {position}-norm: got {got:,}"
-        per = 2 * d if norm == "layernorm" else d
-        if position == "pre" and got == 2 * L * per:
-            return CheckResult(False, f"{where}. A pre-norm model has one more norm after its last block")
-        if position == "post" and got == (2 * L + 1) * per:
-            return CheckResult(False, f"{where}. A post-norm model ends normalised: it has no final norm")
-        n_norms = 2 * L + (position == "pre")
-        if norm == "rmsnorm" and got == n_norms * 2 * d:
-            return CheckResult(False, f"{where}. RMSNorm has a gain but no bias: d_model parameters per norm")
-        if norm == "layernorm" and got == n_norms * d:
-            return CheckResult(False, f"{where}. LayerNorm has a gain and a bias: 2 d_model parameters per norm")
-        if got in {L * per, (L + 1) * per, L * per + per}:
-            return CheckResult(False, f"{where}. Each block has two norms, one before (or after) attention and "
-                                      f"one for the feed-forward network")
-        return CheckResult(False, f"{where}. Count the norms (per block, and at the end) and the parameters of "
-                                  f"each")
-    return CheckResult(True, "two norms per block, one more at the end of a pre-norm model; 2 d_model "
-                             "parameters per LayerNorm, d_model per RMSNorm")
+        where = f"for {_describe(config)}: got {got:,}"
+        for wrong, hint in _norm_mistakes(config):
+            if got == wrong != expected:
+                return CheckResult(False, f"{where}. Check: {hint}")
+        return CheckResult(False, f"{where}. How many norms are there (per block, and after the last block), "
+                                  f"and how many vectors of d_model does each one learn for this config?")
+    return CheckResult(True, "norm_parameters counts every case: the norms per block (one without an FFN), "
+                             "the final norm of pre-norm models, and the vectors each norm learns")
 
 
 RMS_SMALL = 1e-3 / math.sqrt(1e-6 + 1e-5)  # x = 0.001 everywhere: mean(x^2) = 1e-6, eps = 1e-5
@@ -121,7 +150,7 @@ def check_rms_small(value) -> CheckResult:
     hints = [
         (1.0, "that would be right without eps (or for a large x); here mean(x^2) is ten times smaller than "
               "eps"),
-        (0.0, "that is what LayerNorm gives a constant vector (it subtracts the mean); RMSNorm does not centre"),
+        (0.0, "RMSNorm divides x by a positive number: can the result be 0 when x is not?"),
         (-1.0, "RMSNorm keeps the sign of x"),
         (1e-3 / math.sqrt(1e-5), "eps is added to mean(x^2), it does not replace it"),
         (1e-3 / (1e-3 + 1e-5), "eps goes inside the square root, added to mean(x^2)"),
