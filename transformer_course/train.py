@@ -25,6 +25,7 @@ import torch
 from .checkpoints import CHECKPOINT_DIR, load_checkpoint, save_checkpoint
 from .data import synthetic_corpus, train_val_split
 from .gqa import mha_to_gqa
+from .memory import memory_data
 from .model import GPT, GPTConfig
 from .tokenization import COURSE_VOCAB_SIZE, load_course_tokenizer
 from .training import TrainConfig, estimate_loss, held_out_loss, train
@@ -98,13 +99,62 @@ CONFIGS: dict[str, tuple[GPTConfig, TrainConfig]] = {
     # itself trained for the same steps on the same batches (see START_FROM).
     "tiny-mqa": (dataclasses.replace(TINY, n_kv_heads=1), UPTRAIN),
     "tiny-control": (TINY, UPTRAIN),
+    # ---- Chapter 9 (layer norm)
+    # small-tied with RMSNorm in place of LayerNorm, nothing else changed (the Linears keep their biases).
+    "small-rmsnorm": (
+        GPTConfig.gpt2_like(vocab_size=COURSE_VOCAB_SIZE, context_length=128, n_layers=2, n_heads=4, d_model=64,
+                            norm="rmsnorm"),
+        TrainConfig(steps=1500, batch_size=16, block_size=128, lr=3e-3, min_lr=3e-4, warmup_steps=100,
+                    eval_interval=250, eval_batches=20, seed=0),
+    ),
+    # Pre-norm vs post-norm (Xiong et al. 2020), with and without learning-rate warm-up: 8 blocks, d_model 64,
+    # a high peak rate (1e-2) and no gradient clipping, so that nothing but the norm's place and the warm-up
+    # differ; and both again at a lower peak rate (3e-3, suffix "-lr3e-3").
+    **{
+        f"deep-{position}-{'warmup' if warmup else 'nowarmup'}{suffix}": (
+            GPTConfig.gpt2_like(vocab_size=COURSE_VOCAB_SIZE, context_length=64, n_layers=8, n_heads=4,
+                                d_model=64, norm_position=position),
+            TrainConfig(steps=300, batch_size=16, block_size=64, lr=lr, min_lr=min_lr, warmup_steps=warmup,
+                        grad_clip=0.0, eval_interval=50, eval_batches=10, seed=0),
+        )
+        for position, lr, min_lr, suffix in (("pre", 1e-2, 1e-3, ""), ("post", 1e-2, 1e-3, ""),
+                                             ("post", 3e-3, 3e-4, "-lr3e-3"), ("pre", 3e-3, 3e-4, "-lr3e-3"))
+        for warmup in (0, 100)
+    },
+    # ---- Chapter 10 (feed-forward network)
+    # The width sweep: small-tied's shape (L 2, d_model 64) with FFN width d_ff = 0 (no FFN), d_model or
+    # 4*d_model, on memory.memory_data (160 fictional facts stated 0..256 times in ~1 epoch of fact-free text;
+    # see DATA). context_length 64 keeps each checkpoint under 0.7 MB; 32 x 64 tokens per step as small-tied.
+    **{
+        f"facts-dff{d_ff}": (
+            GPTConfig.gpt2_like(vocab_size=COURSE_VOCAB_SIZE, context_length=64, n_layers=2, n_heads=4,
+                                d_model=64, d_ff=d_ff),
+            TrainConfig(steps=1000, batch_size=32, block_size=64, lr=3e-3, min_lr=3e-4, warmup_steps=100,
+                        eval_interval=250, eval_batches=20, seed=0),
+        )
+        for d_ff in (0, 64, 256)
+    },
+    # ---- Chapter 11 (transformer block)
+    # Depth vs width at (nearly) equal parameter count: small-tied's size (L 2, d_model 64, 173,824 parameters)
+    # made shallower and wider or deeper and narrower, d_model chosen so the total stays within 3.1 % of it;
+    # 500 steps (a third of small-tied's schedule) so the four runs fit in about 6 CPU-minutes.
+    **{
+        f"depth-{n_layers}": (
+            GPTConfig.gpt2_like(vocab_size=COURSE_VOCAB_SIZE, context_length=128, n_layers=n_layers, n_heads=4,
+                                d_model=d_model),
+            TrainConfig(steps=500, batch_size=16, block_size=128, lr=3e-3, min_lr=3e-4, warmup_steps=50,
+                        eval_interval=100, eval_batches=20, seed=0),
+        )
+        for n_layers, d_model in ((1, 80), (2, 64), (4, 48), (8, 36))
+    },
+    # ---- end of the chapter recipes
 }
 
 # Configs that continue a shipped checkpoint: name -> the checkpoint, converted to the config's key/value heads.
 START_FROM = {"tiny-mqa": "tiny", "tiny-control": "tiny"}
 
 # Configs trained on other data than the course corpus: name -> function(tokenizer) -> (train_ids, val_ids).
-DATA: dict = {}
+DATA = {f"facts-dff{d_ff}": memory_data for d_ff in (0, 64, 256)}  # Chapter 10: facts in fact-free text
 
 
 RESULTS_DIR = Path(__file__).resolve().parent / "assets" / "results"
