@@ -14,7 +14,8 @@ With the KV cache the prompt is run once and every later step feeds only the new
 O(t) attention work instead of recomputing all t positions (O(t^2)). Batches of prompts of different
 lengths are padded on the LEFT, so every row's next token is at the last column.
 
-Leaves out: beam search, repetition penalties, stop strings/EOS handling, min-p, speculative decoding.
+Leaves out: beam search, repetition penalties, stop strings/EOS handling, min-p. Speculative decoding, a
+draft model proposing tokens that the target verifies: `speculative.py`.
 """
 import torch
 
