@@ -27,6 +27,17 @@ def unigram_tagger(train_ids, train_tags, test_ids):
 
 
 def control_task(ids, tags, n_labels, seed):
+    # Hewitt & Liang (2019) section 2: each type's label is a sample of the empirical tag distribution;
+    # here by inverse-CDF sampling on uniform draws (the chapter's solution uses torch.multinomial)
+    g = torch.Generator().manual_seed(seed)
+    known = tags[tags != -100]
+    cdf = torch.tensor([(known <= k).float().mean().item() for k in range(n_labels)])
+    u = torch.rand(int(ids.max()) + 1, generator=g)
+    label_of = torch.searchsorted(cdf, u, right=True).clamp(max=n_labels - 1)
+    return label_of[ids].masked_fill(tags == -100, -100)
+
+
+def uniform_control_task(ids, tags, n_labels, seed):
     g = torch.Generator().manual_seed(seed)
     label_of = torch.randint(0, n_labels, (int(ids.max()) + 1,), generator=g)
     return label_of[ids].masked_fill(tags == -100, -100)
@@ -104,6 +115,9 @@ def test_control_task_hints():
         label_of = torch.randint(0, n, (int(ids.max()) + 1,))
         return label_of[ids].masked_fill(tags == -100, -100)
 
+    def counts_ignored(ids, tags, n, seed):  # -100 counted as a tag and clamped to 0: tag 0 too frequent
+        return control_task(ids, tags.clamp(min=0), n, seed).masked_fill(tags == -100, -100)
+
     assert "token type only" in m(per_position)
     assert "real tags" in m(lambda ids, tags, n, seed: tags.clone())
     assert "keep -100" in m(lambda ids, tags, n, seed: control_task(ids, tags.clamp(min=0), n, seed))
@@ -112,6 +126,8 @@ def test_control_task_hints():
     assert "[0, n_labels)" in m(lambda ids, tags, n, seed: control_task(ids, tags, n, seed) + 10 * (tags != -100))
     assert "same label" in m(lambda ids, tags, n, seed: torch.zeros_like(tags).masked_fill(tags == -100, -100))
     assert "long tensor" in m(lambda *a: control_task(*a).float())
+    assert "empirical distribution" in m(uniform_control_task)
+    assert "tag frequencies" in m(counts_ignored)
 
 
 @pytest.mark.parametrize("check", [ch12.check_mean_pool, ch12.check_unigram_tagger, ch12.check_control_task])

@@ -73,6 +73,32 @@ def test_fit_linear_separates_separable_data_and_follows_its_seed():
         assert not torch.equal(layer.weight, other.weight)
 
 
+def test_fit_linear_early_stopping_returns_the_best_validation_check():
+    # noisy labels: training long overfits, so validation accuracy peaks and the best check is kept
+    g = torch.Generator().manual_seed(0)
+    centres = torch.randn(3, 20, generator=g)
+    y = torch.randint(0, 3, (60,), generator=g)
+    x = centres[y] + torch.randn(60, 20, generator=g) * 2
+    y_val = torch.randint(0, 3, (300,), generator=g)
+    x_val = centres[y_val] + torch.randn(300, 20, generator=g) * 2
+    with torch.no_grad():
+        stopped = probe.fit_linear(x, y, 3, val=(x_val, y_val), steps=300, check_every=5, patience=2)
+        scores = []
+        for steps in range(5, 305, 5):  # the same run, stopped at every check
+            scores.append(probe.accuracy(probe.fit_linear(x, y, 3, steps=steps, check_every=5)(x_val), y_val))
+        got = probe.accuracy(stopped(x_val), y_val)
+    best, bad = -1.0, 0  # the rule of the docstring, replayed on the scores of each check
+    for score in scores:
+        if score > best:
+            best, bad = score, 0
+        else:
+            bad += 1
+            if bad >= 2:
+                break
+    assert got == best
+    assert got >= scores[-1]
+
+
 def test_accuracy_and_majority_skip_ignored_labels():
     logits = torch.tensor([[[2.0, 0.0], [0.0, 2.0], [2.0, 0.0]]])  # predicts 0, 1, 0
     labels = torch.tensor([[0, 0, -100]])
@@ -115,7 +141,10 @@ def test_classifier_mean_pooling_uses_the_head_on_the_mean(sentences):
     (lambda: probe.pool(torch.zeros(2, 3, 4), torch.ones(2, 3, dtype=torch.bool), "max"), "how"),
     (lambda: probe.fit_linear(torch.zeros(4, 2), torch.tensor([0, 1, 2, 5]), 3), "y must hold labels"),
     (lambda: probe.fit_linear(torch.zeros(4, 2), torch.zeros(4, dtype=torch.long), 3, steps=0), "steps"),
-    (lambda: probe.fit_linear(torch.zeros(4, 2), torch.zeros(4, dtype=torch.long), 3, lr="0.1"), "lr"),
+    (lambda: probe.fit_linear(torch.zeros(4, 2), torch.zeros(4, dtype=torch.long), 3, patience=0), "patience"),
+    (lambda: probe.fit_linear(torch.zeros(4, 2), torch.zeros(4, dtype=torch.long), 3, val=torch.zeros(2)), "val"),
+    (lambda: probe.fit_linear(torch.zeros(4, 2), torch.zeros(4, dtype=torch.long), 3,
+                              val=(torch.zeros(2, 3), torch.zeros(2, dtype=torch.long))), "val"),
     (lambda: probe.token_rows(torch.zeros(2, 3, 4), torch.zeros(2, 4, dtype=torch.long)), "tags"),
     (lambda: probe.Classifier("gpt", "topic"), "backbone"),
     (lambda: probe.Classifier(small_gpt(), "ner"), "task"),

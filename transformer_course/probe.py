@@ -6,14 +6,15 @@
 A probe asks what a linear map can read from the hidden states; fine-tuning asks what the whole network
 can learn. `pool` turns `(B, T, d_model)` states into one vector per sentence (the last real token, or the
 mean of the real tokens); `token_rows` keeps the labelled tokens of a token task. `fit_linear` trains a
-linear layer full-batch (AdamW) on cached rows, `finetune` trains a backbone with a head on mini-batches.
+linear layer full-batch (L-BFGS, early-stopped on a validation split) on cached rows, `finetune` trains
+a backbone with a head on mini-batches.
 
 `python -m transformer_course.probe --finetune --results` fine-tunes the `tiny` checkpoint and the same
 model from random weights on both labelled tasks of `labelled.py` and writes their accuracies to
 assets/results/probe-finetune.json (no weights).
 
-Leaves out: MLP probes and control tasks (Hewitt & Liang 2019), learning-rate sweeps, early stopping,
-LoRA and other parameter-efficient fine-tuning.
+Leaves out: MLP probes and control tasks (Hewitt & Liang 2019), learning-rate sweeps, early stopping of
+fine-tuning, LoRA and other parameter-efficient fine-tuning.
 """
 import argparse
 import json
@@ -114,12 +115,15 @@ def majority(train_labels: torch.Tensor, labels: torch.Tensor) -> tuple[int, flo
     return top, (labels[keep] == top).float().mean().item()
 
 
-def fit_linear(x: torch.Tensor, y: torch.Tensor, n_classes: int, *, steps: int = 150, lr: float = 0.05,
-               weight_decay: float = 0.0, seed: int = 0) -> nn.Linear:
-    """A linear probe: nn.Linear(d, n_classes) trained full-batch with AdamW on rows x `(N, d)`, labels y `(N,)`.
+def fit_linear(x: torch.Tensor, y: torch.Tensor, n_classes: int, *, val=None, steps: int = 150,
+               check_every: int = 10, patience: int = 2, seed: int = 0) -> nn.Linear:
+    """A linear probe: nn.Linear(d, n_classes) trained full-batch with L-BFGS on rows x `(N, d)`, labels y `(N,)`.
 
     Every step sees all N rows (so the result does not depend on a batch order); the initial weights follow
-    `seed`. Returns the layer in eval mode; x is detached, so no gradient reaches what computed it.
+    `seed`. With `val = (x_val, y_val)` the probe is scored on it every `check_every` L-BFGS iterations and
+    training stops after `patience` checks in a row without a lower validation loss (early stopping); the
+    weights of the best check are returned. Without `val` it runs `steps` iterations. Returns the layer in eval
+    mode; x is detached, so no gradient reaches what computed it.
     """
     check_tensor("x", x, ("N", "d"), "float")
     check_tensor("y", y, (x.shape[0],), torch.long, x.device)
@@ -127,9 +131,14 @@ def fit_linear(x: torch.Tensor, y: torch.Tensor, n_classes: int, *, steps: int =
     if y.min() < 0 or y.max() >= n_classes:
         raise ValueError(f"y must hold labels in [0, {n_classes}), got values in [{y.min()}, {y.max()}]")
     check_int("steps", steps, 1)
-    check_number("lr", lr)
-    check_number("weight_decay", weight_decay, "[0, inf)")
+    check_int("check_every", check_every, 1)
+    check_int("patience", patience, 1)
     check_int("seed", seed, 0)
+    if val is not None:
+        if not isinstance(val, (tuple, list)) or len(val) != 2:
+            raise ValueError(f"val must be a pair (x_val, y_val), got {describe(val)}")
+        check_tensor("val[0]", val[0], ("M", x.shape[1]), "float", x.device)
+        check_tensor("val[1]", val[1], (val[0].shape[0],), torch.long, x.device)
     g = torch.Generator().manual_seed(seed)
     layer = nn.Linear(x.shape[1], n_classes).to(x.device)
     with torch.no_grad():
@@ -137,13 +146,32 @@ def fit_linear(x: torch.Tensor, y: torch.Tensor, n_classes: int, *, steps: int =
         layer.weight.copy_(torch.empty(layer.weight.shape).uniform_(-bound, bound, generator=g))
         layer.bias.copy_(torch.empty(n_classes).uniform_(-bound, bound, generator=g))
     x = x.detach()
-    optimizer = torch.optim.AdamW(layer.parameters(), lr=lr, weight_decay=weight_decay)
+    optimizer = torch.optim.LBFGS(layer.parameters(), lr=1.0, max_iter=check_every, history_size=20,
+                                  tolerance_grad=0.0, tolerance_change=0.0, line_search_fn="strong_wolfe")
+
+    def closure():
+        optimizer.zero_grad(set_to_none=True)
+        loss = F.cross_entropy(layer(x), y)
+        loss.backward()
+        return loss
+
+    best, best_state, bad = -float("inf"), None, 0
     with torch.enable_grad():  # also when called under torch.no_grad()
-        for _ in range(steps):
-            loss = F.cross_entropy(layer(x), y)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
+        for _ in range(-(-steps // check_every)):
+            optimizer.step(closure)
+            if val is None:
+                continue
+            with torch.no_grad():  # the validation loss: unlike an accuracy, it has no ties
+                score = -F.cross_entropy(layer(val[0]), val[1]).item()
+            if score > best:
+                best, bad = score, 0
+                best_state = {k: v.clone() for k, v in layer.state_dict().items()}
+            else:
+                bad += 1
+                if bad >= patience:
+                    break
+    if best_state is not None:
+        layer.load_state_dict(best_state)
     return layer.eval()
 
 

@@ -103,9 +103,21 @@ def check_unigram_tagger(fn) -> CheckResult:
     return CheckResult(True, "a lookup table from token id to its most frequent tag: a probe with no context at all")
 
 
+def _skewed_tags(seed: int):
+    """Token ids (B, T) of 300 token types and tags from a skewed distribution over 6 tags: tag 0 on about 70 %
+    of the labelled positions, tag 5 never; -100 on every second position."""
+    g = torch.Generator().manual_seed(seed)
+    ids = torch.randperm(600, generator=g).remainder(300).view(20, 30)  # each type twice
+    tags = torch.multinomial(torch.tensor([0.7, 0.1, 0.1, 0.05, 0.05, 0.0]), ids.numel(), replacement=True,
+                             generator=g).view(ids.shape)
+    tags[:, ::2] = IGNORE_INDEX
+    return ids, tags
+
+
 @checker
 def check_control_task(fn) -> CheckResult:
-    """`fn(ids, tags, n_labels, seed)` -> control labels `(B, T)`: one random label per token type."""
+    """`fn(ids, tags, n_labels, seed)` -> control labels `(B, T)`: one label per token type, drawn from the
+    empirical distribution of the labelled tags (Hewitt & Liang 2019, section 2)."""
     train_ids, train_tags, _ = _tagging_data(0)
     outs = []
     for seed in (0, 1):
@@ -133,7 +145,7 @@ def check_control_task(fn) -> CheckResult:
                                           "label per token id, whatever its context")
         if values.unique().numel() < 3:
             return CheckResult(False, "almost every token gets the same label; draw each token type's label at "
-                                      "random over the tags (Hewitt & Liang draw from the tag distribution)")
+                                      "random, from the distribution of the labelled tags")
         outs.append(got)
     if torch.equal(outs[0], outs[1]):
         return CheckResult(False, "seeds 0 and 1 give the same labels: draw the random labels from a generator "
@@ -143,4 +155,25 @@ def check_control_task(fn) -> CheckResult:
         return problem
     if not isinstance(again, torch.Tensor) or not torch.equal(again.long(), outs[0]):
         return CheckResult(False, "the same seed must give the same labels: use torch.Generator().manual_seed(seed)")
-    return CheckResult(True, "one random label per token type: only memorising token identity can learn it")
+    ids, tags = _skewed_tags(0)
+    got, problem = run_with_timeout(fn, ids.clone(), tags.clone(), 6, 0)
+    if problem is not None:
+        return problem
+    if not isinstance(got, torch.Tensor) or got.shape != tags.shape:
+        return check_tensor(got, tags, name="your control labels")
+    labelled = tags != IGNORE_INDEX
+    per_type = torch.full((300,), IGNORE_INDEX, dtype=torch.long)
+    per_type[ids[labelled]] = got.long()[labelled]
+    drawn = per_type[per_type != IGNORE_INDEX]
+    if drawn.numel() == 0 or drawn.min() < 0 or drawn.max() >= 6:
+        return CheckResult(False, "control labels must be tag ids in [0, n_labels)")
+    if (drawn == 5).any():
+        return CheckResult(False, "a tag that never occurs in `tags` was drawn: sample each type's label from the "
+                                  "empirical distribution of the labelled tags, not uniformly over n_labels")
+    share = (drawn == 0).float().mean().item()  # about 0.7 when drawn from the tag distribution
+    if not 0.6 < share < 0.8:  # 300 types: 0.7 +- 0.026
+        return CheckResult(False, f"with tags where tag 0 has about 70 % of the labelled positions, your labels "
+                                  f"give it {share:.0%} of the token types: draw each type's label from the tag "
+                                  "frequencies of `tags` (count the labelled tags, ignore -100)")
+    return CheckResult(True, "one label per token type, drawn from the tag distribution: only memorising token "
+                             "identity can learn it")
