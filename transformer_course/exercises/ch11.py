@@ -141,8 +141,12 @@ def _check_mistral_saving(saved: int) -> CheckResult | None:
                               "d_model x (32 * 128) to d_model x (8 * 128) each; multiply by the number of blocks")
 
 
-def half_block_lens_reference(model: GPT, idx: torch.Tensor, targets: torch.Tensor) -> list[float]:
-    """Losses of the logit lens at 2L + 1 points: the embeddings, then after each attention and each FFN."""
+def half_block_lens_reference(model: GPT, idx: torch.Tensor, targets: torch.Tensor,
+                              final_norm: bool = True) -> list[float]:
+    """Losses of the logit lens at 2L + 1 points: the embeddings, then after each attention and each FFN.
+
+    `final_norm=False` leaves out `model.norm_f` before the head (the typical mistake the checker names)."""
+    norm = model.norm_f if final_norm else torch.nn.Identity()
     with torch.no_grad():
         pos = torch.arange(idx.shape[1])
         x = model.tok_emb(idx) + model.pos_emb(pos)[None]
@@ -152,7 +156,7 @@ def half_block_lens_reference(model: GPT, idx: torch.Tensor, targets: torch.Tens
             readouts.append(x)
             x = x + block.ffn(block.norm2(x))
             readouts.append(x)
-        return [F.cross_entropy(model.lm_head(model.norm_f(h)).flatten(0, 1), targets.flatten()).item()
+        return [F.cross_entropy(model.lm_head(norm(h)).flatten(0, 1), targets.flatten()).item()
                 for h in readouts]
 
 
@@ -194,8 +198,7 @@ def check_half_block_lens(fn) -> CheckResult:
                                       f"each attention and each FFN), got {len(got)}")
         if any(v != v for v in got):
             return CheckResult(False, "your losses contain NaN")
-        with torch.no_grad():
-            unnormed = _without_final_norm(model, idx, targets)
+        unnormed = half_block_lens_reference(model, idx, targets, final_norm=False)
         if all(abs(a - b) <= 1e-4 * max(1.0, abs(b)) for a, b in zip(got, unnormed)):
             return CheckResult(False, "apply the model's final norm (model.norm_f) before the LM head: the "
                                       "head was trained on normalised vectors")
@@ -210,15 +213,3 @@ def check_half_block_lens(fn) -> CheckResult:
                 return CheckResult(False, f"the loss at readout {i} ({where}) is {a:.4f}, expected "
                                           f"{b:.4f}{hint}")
     return CheckResult(True, "the lens reads the stream at every addition: 2L + 1 points")
-
-
-def _without_final_norm(model: GPT, idx, targets) -> list[float]:
-    pos = torch.arange(idx.shape[1])
-    x = model.tok_emb(idx) + model.pos_emb(pos)[None]
-    readouts = [x]
-    for block in model.blocks:
-        x = x + block.attn(block.norm1(x), causal=True)
-        readouts.append(x)
-        x = x + block.ffn(block.norm2(x))
-        readouts.append(x)
-    return [F.cross_entropy(model.lm_head(h).flatten(0, 1), targets.flatten()).item() for h in readouts]
