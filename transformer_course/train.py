@@ -147,6 +147,7 @@ CONFIGS: dict[str, tuple[GPTConfig, TrainConfig]] = {
         )
         for n_layers, d_model in ((1, 80), (2, 64), (4, 48), (8, 36))
     },
+    # ---- Chapter 13 (training)
     # ---- end of the chapter recipes
 }
 
