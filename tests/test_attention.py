@@ -137,7 +137,7 @@ def test_causal_with_fewer_queries_is_end_aligned():
         (dict(window=3), "causal"),
         (dict(window=0, causal=True), "window"),
         (dict(bias=torch.randn(3, 6, 6)), "broadcast"),
-        (dict(impl="flash"), "impl"),
+        (dict(impl="tiled"), "impl"),
     ],
 )
 def test_bad_arguments_raise_value_error(args, message):

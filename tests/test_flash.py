@@ -3,6 +3,7 @@ attention (SDPA) and its backward equals autograd through the naive attention; t
 HBM traffic and skipped tiles follow from the loops (checked against torch's FLOP counter and
 Dao et al. 2022, Theorem 2); no T x T tensor is ever made; the Triton kernel equals SDPA under
 Triton's CPU interpreter."""
+import dataclasses
 import math
 import os
 import pathlib
@@ -264,37 +265,39 @@ def test_flash_attention_refuses_what_it_does_not_fuse():
     assert FlashAttention.apply(q, k, v, False, None, None, 4, 4).shape == q.shape
 
 
-def test_course_model_gives_the_same_loss_and_gradients_with_flash(monkeypatch):
-    """The model's attention calls routed to flash_attention (what attn_impl="flash" will do): GQA,
-    RoPE, causal with left padding, and the KV-cached decoding of one more token (Tq < Tk)."""
+def test_course_model_gives_the_same_loss_and_gradients_with_flash():
+    """GPTConfig(attn_impl="flash") == "manual" with the same weights: GQA, RoPE, causal with left
+    padding, and the KV-cached decoding of one more token (Tq < Tk)."""
     config = GPTConfig(vocab_size=50, context_length=32, n_layers=2, n_heads=4, n_kv_heads=2,
                        d_model=32, positional="rope")
     torch.manual_seed(0)
-    model = GPT(config)
+    manual = GPT(config)
+    flash = GPT(dataclasses.replace(config, attn_impl="flash"))
+    flash.load_state_dict(manual.state_dict())
     idx = torch.randint(0, 50, (2, 20), generator=torch.Generator().manual_seed(7))
     mask = left_padding(2, 20, 5)
     mask_21 = torch.cat([mask, torch.ones(2, 1, dtype=torch.bool)], 1)
 
-    def loss_and_grads():
-        model.zero_grad()
+    def loss_and_grads(model):
         logits, loss = model(idx, idx, padding_mask=mask)
         loss.backward()
         cache = KVCache(config, batch_size=2, max_len=21)
         with torch.no_grad():
             model(idx, padding_mask=mask, cache=cache)
             step, _ = model(idx[:, :1], padding_mask=mask_21, cache=cache)  # 1 query, 21 keys
-        return logits, step, [p.grad.clone() for p in model.parameters()]
+        return logits, step, [p.grad for p in model.parameters()]
 
-    reference = loss_and_grads()
-
-    def flash(q, k, v, *, impl, **kwargs):  # attention's signature; flash_attention takes no impl
-        return flash_attention(q, k, v, **kwargs, block_q=8, block_k=8)
-
-    monkeypatch.setattr(attention_module, "attention", flash)
-    logits, step, grads = loss_and_grads()
+    reference, (logits, step, grads) = loss_and_grads(manual), loss_and_grads(flash)
     assert (logits - reference[0]).abs().max() < 1e-5 and (step - reference[1]).abs().max() < 1e-5
     for got, ref in zip(grads, reference[2]):
         assert (got - ref).abs().max() <= 1e-5 * max(1.0, ref.abs().max().item())
+
+
+@pytest.mark.parametrize("field", [dict(dropout=0.1), dict(positional="alibi"),
+                                   dict(attention_window=4)])
+def test_flash_config_refuses_what_the_tiles_do_not_support(field):
+    with pytest.raises(ValueError, match="flash.*" + next(iter(field))):
+        GPTConfig(attn_impl="flash", **field)
 
 
 # ----------------------------------------------------------------------------- the Triton kernel

@@ -16,12 +16,12 @@ One entry point, `attention(q, k, v, ...)`, does every variant the course needs:
 
 A query that may attend to no key at all (a padding position under causal + left padding) gets weights of
 zero and an output of zero, never NaN. `impl="sdpa"` runs PyTorch's fused `F.scaled_dot_product_attention`
-with the same semantics; the tests check the two agree.
+with the same semantics, and `impl="flash"` Chapter 15's tiles (`flash.py`); the tests check they agree.
 
 `Attention` is the module around it: projections to q, k, v (fused into one matmul, or three), heads,
 RoPE/ALiBi hooks, a per-layer KV cache, and the output projection.
 Leaves out: cross-attention of encoder-decoder models (pass k, v computed from another sequence to
-`attention`), strided/fixed sparse patterns (build them as `bias`), FlashAttention (Chapter 15: `flash.py`).
+`attention`), strided/fixed sparse patterns (build them as `bias`).
 """
 import math
 
@@ -34,6 +34,8 @@ from .utils import (
     check_bool, check_choice, check_device, check_float_dtype, check_input, check_int, check_number, check_tensor,
     describe,
 )
+
+IMPLS = ("manual", "sdpa", "flash")  # attention(impl=...): written out, PyTorch's fused kernel, tiles
 
 
 def check_qkv(q, k, v) -> None:
@@ -138,11 +140,16 @@ def attention(
     `(B, h, Tq, d_v)`.
 
     See the module docstring for the meaning of each keyword. `dropout_p` drops attention weights (training
-    only). `impl`: "manual" (readable, the teaching path) or "sdpa" (`F.scaled_dot_product_attention`).
+    only). `impl`: "manual" (readable, the teaching path), "sdpa" (`F.scaled_dot_product_attention`)
+    or "flash" (`flash.flash_attention`, Chapter 15: tiles, no T x T scores; no bias, window or dropout).
     """
     _check_inputs(q, k, v, bias, window, padding_mask, causal, scale)
     check_number("dropout_p", dropout_p, "[0, 1)")
-    check_choice("impl", impl, ("manual", "sdpa"))
+    check_choice("impl", impl, IMPLS)
+    if impl == "flash":
+        from .flash import flash_attention  # imported here: flash.py imports this module
+        return flash_attention(q, k, v, causal=causal, bias=bias, window=window,
+                               padding_mask=padding_mask, scale=scale, dropout_p=dropout_p)
     if impl == "manual":
         weights = _weights(q, k, causal, bias, window, padding_mask, scale)  # (B, h, Tq, Tk)
         if dropout_p > 0:
@@ -232,7 +239,7 @@ class Attention(nn.Module):
         check_bool("bias", bias)
         check_bool("fused_qkv", fused_qkv)
         check_number("dropout", dropout, "[0, 1)")
-        check_choice("impl", impl, ("manual", "sdpa"))
+        check_choice("impl", impl, IMPLS)
         if d_model % n_heads or n_heads % n_kv_heads:
             raise ValueError(
                 f"need d_model % n_heads == 0 and n_heads % n_kv_heads == 0, "

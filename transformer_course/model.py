@@ -23,7 +23,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .attention import LayerKVCache
+from .attention import IMPLS, LayerKVCache
 from .block import Block
 from .embedding import TokenEmbedding
 from .feedforward import swiglu_hidden_dim
@@ -43,7 +43,7 @@ NORMS = ("layernorm", "rmsnorm")
 NORM_POSITIONS = ("pre", "post")
 NORM_IMPLS = ("manual", "fused")
 FFNS = ("gelu", "swiglu")
-ATTN_IMPLS = ("manual", "sdpa")
+ATTN_IMPLS = IMPLS  # manual | sdpa | flash (attention.py)
 
 
 @dataclass
@@ -70,7 +70,7 @@ class GPTConfig:
     dropout: float = 0.0
     attention_window: int | None = None  # sliding window of the "local" layers
     layer_pattern: tuple[str, ...] | None = None  # "global"/"local" per layer; None: all local if a window is set
-    attn_impl: str = "manual"  # manual | sdpa
+    attn_impl: str = "manual"  # manual | sdpa | flash (Chapter 15; no dropout, ALiBi or window)
 
     def __post_init__(self):
         if isinstance(self.layer_pattern, list):
@@ -111,6 +111,14 @@ class GPTConfig:
                                  f'or "local", got {describe(pattern)}')
             if "local" in pattern and self.attention_window is None:
                 raise ValueError('layer_pattern has "local" layers but attention_window is None')
+        if self.attn_impl == "flash":
+            unsupported = dict(dropout=self.dropout > 0, positional=self.positional == "alibi",
+                               attention_window=self.attention_window is not None)
+            if any(unsupported.values()):
+                raise ValueError(
+                    f'attn_impl="flash" supports no attention dropout, ALiBi bias or window; got '
+                    f"dropout={self.dropout}, positional={self.positional!r}, "
+                    f"attention_window={self.attention_window}")
 
     @property
     def d_k(self) -> int:
