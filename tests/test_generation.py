@@ -177,3 +177,79 @@ def test_greedy_ignores_temperature_and_fills_the_context_exactly():
     model = model_for("gpt2")
     out = generate(model, prompt(), CTX - 6, greedy=True, temperature=0.0)
     assert out.shape == (2, CTX)
+
+
+# ----------------------------------------------------------------------------- the stop token
+
+
+def first_new_token_at(model, idx, step):
+    """The token each row greedily emits at new position `step` (without a stop token)."""
+    return generate(model, idx, step + 1, greedy=True)[:, idx.shape[1] + step].tolist()
+
+
+@pytest.mark.parametrize("name", list(CONFIGS))
+def test_stop_token_cached_equals_uncached_and_finished_rows_hold_it(name):
+    model = model_for(name)
+    idx = prompt(B=3)
+    plain = generate(model, idx, 20, greedy=True)
+    stop = plain[0, idx.shape[1] + 4].item()  # row 0 emits it at new position 4 (or earlier)
+    runs = [generate(model, idx, 20, greedy=True, stop_token=stop, use_cache=c) for c in (True, False)]
+    assert torch.equal(*runs)
+    out = runs[0]
+    for row in range(3):
+        new = plain[row, 6:].tolist()
+        got = out[row, 6:].tolist()
+        if stop in new:  # identical up to and including the first stop token, then only stop tokens
+            first = new.index(stop)
+            assert got[:first + 1] == new[:first + 1] and set(got[first:]) == {stop}
+        else:
+            assert got == new[:len(got)]
+    sampled = [generate(model, idx, 20, stop_token=stop, temperature=1.5, use_cache=c,
+                        generator=torch.Generator().manual_seed(3)) for c in (True, False)]
+    assert torch.equal(*sampled)
+
+
+def test_generation_stops_when_every_row_has_finished():
+    model = model_for("gpt2")
+    idx = prompt(B=1)
+    plain = generate(model, idx, 20, greedy=True)[0, 6:].tolist()
+    stop = plain[5]
+    first = plain.index(stop)
+    for use_cache in (True, False):
+        out = generate(model, idx, 20, greedy=True, stop_token=stop, use_cache=use_cache)
+        assert out.shape == (1, 6 + first + 1) and out[0, -1].item() == stop
+    # a stop token that never comes changes nothing
+    never = next(t for t in range(V) if t not in plain)
+    assert torch.equal(generate(model, idx, 20, greedy=True, stop_token=never), generate(model, idx, 20, greedy=True))
+
+
+@pytest.mark.parametrize("use_cache", [True, False])
+def test_stop_token_with_a_left_padded_batch_equals_one_by_one(use_cache):
+    model = model_for("llama-gqa")
+    idx, mask = left_pad(PROMPTS, pad_id=0)
+    stop = generate(model, torch.tensor([PROMPTS[1]]), 4, greedy=True)[0, -1].item()
+    batched = generate(model, idx, 12, greedy=True, padding_mask=mask, use_cache=use_cache, stop_token=stop)
+    longest = 0
+    for row, p in enumerate(PROMPTS):
+        alone = generate(model, torch.tensor([p]), 12, greedy=True, use_cache=use_cache, stop_token=stop)
+        new = alone[0, len(p):].tolist()
+        longest = max(longest, len(new))
+        got = batched[row, idx.shape[1]:].tolist()
+        assert got[:len(new)] == new and set(got[len(new):]) <= {stop}
+    assert batched.shape[1] == idx.shape[1] + longest
+
+
+@pytest.mark.parametrize("stop_token", [-1, V, 2.5, True, "1"])
+def test_bad_stop_token_is_refused(stop_token):
+    with pytest.raises(ValueError, match="stop_token"):
+        generate(model_for("gpt2"), prompt(), 3, stop_token=stop_token)
+
+
+def test_stop_token_on_the_shipped_model():
+    """tiny's corpus separates documents with <|endoftext|>: the greedy story ends with it."""
+    from transformer_course.checkpoints import load_checkpoint
+    model, tokenizer, _ = load_checkpoint("tiny")
+    idx = torch.tensor([tokenizer.encode("Once upon a time, there was")])
+    out = generate(model, idx, 100, greedy=True, stop_token=tokenizer.eot_id)
+    assert out[0, -1].item() == tokenizer.eot_id and out.shape[1] < idx.shape[1] + 100
+    assert tokenizer.eot_id not in out[0, :-1].tolist()

@@ -231,12 +231,19 @@ def test_counts(shipped, greedy):
             assert s.generated == n == s.accepted + s.target_passes  # each round: accepted + 1 tokens, one pass
             assert s.draft_passes == s.drafted <= k * s.target_passes and s.accepted <= s.drafted
             assert math.ceil(n / (k + 1)) <= s.target_passes <= n and s.target_passes_per_token <= 1
+            # a round ends at a rejection or after all its drafts were kept: drafted = accepted + rejected
+            # + the never-examined drafts after a rejection, so accepted/drafted <= accepted/examined
+            assert s.rejected <= s.target_passes and s.accepted + s.rejected <= s.drafted
+            if s.rejected:
+                assert s.acceptance_rate <= s.examined_acceptance_rate < 1
             if d is target:
                 # Sampling: p and q come from different passes and differ by float rounding (~1e-7), so a
                 # rejection has probability ~1e-7 per token; the seeded run is fixed.
                 assert s.accepted == s.drafted and s.acceptance_rate == 1.0
+                assert s.rejected == 0 and s.examined_acceptance_rate == 1.0
                 assert s.target_passes == math.ceil(n / (k + 1))
     assert math.isnan(SpeculativeStats().acceptance_rate)
+    assert math.isnan(SpeculativeStats().examined_acceptance_rate)
 
 
 @pytest.mark.parametrize("name", list(CONFIGS))

@@ -14,7 +14,11 @@ With the KV cache the prompt is run once and every later step feeds only the new
 O(t) attention work instead of recomputing all t positions (O(t^2)). Batches of prompts of different
 lengths are padded on the LEFT, so every row's next token is at the last column.
 
-Leaves out: beam search, repetition penalties, stop strings/EOS handling, min-p. Speculative decoding, a
+A stop token (e.g. `<|endoftext|>`) ends a row: once a row has emitted it, every later position of that row
+holds the stop token too, and generation ends early when every row has emitted it (as Hugging Face's
+`generate` does with `eos_token_id`, except that it fills finished rows with `pad_token_id`).
+
+Leaves out: beam search, repetition penalties, stop strings (several tokens), min-p. Speculative decoding, a
 draft model proposing tokens that the target verifies: `speculative.py`.
 """
 import torch
@@ -37,7 +41,8 @@ def apply_temperature(logits: torch.Tensor, temperature: float) -> torch.Tensor:
 
 
 def top_k_filter(logits: torch.Tensor, k: int) -> torch.Tensor:
-    """Set every logit below the k-th largest of its row to -inf `(..., V)` (ties with it are kept)."""
+    """Set every logit below the k-th largest of its row to -inf
+    `(..., V)` (ties with it are kept)."""
     _check_logits(logits)
     check_int("top_k", k)
     k = min(k, logits.shape[-1])
@@ -46,19 +51,23 @@ def top_k_filter(logits: torch.Tensor, k: int) -> torch.Tensor:
 
 
 def top_p_filter(logits: torch.Tensor, p: float) -> torch.Tensor:
-    """Keep the smallest set of most probable tokens whose probability reaches p; the rest -> -inf `(..., V)`.
+    """Keep the smallest set of most probable tokens whose probability
+    reaches p; the rest -> -inf `(..., V)`.
 
-    Sorted by probability, a token is dropped when the tokens before it already hold mass >= p.
+    Sorted by probability, a token is dropped when the tokens before it
+    already hold mass >= p.
     """
     _check_logits(logits)
     check_number("top_p", p, "(0, 1]")
     if p == 1:
-        return logits  # everything is kept (and float rounding of the cumulative sum cannot drop a token)
+        # everything is kept (float rounding of the sum cannot drop one)
+        return logits
     sorted_logits, order = torch.sort(logits, dim=-1, descending=True)
     sorted_probs = torch.softmax(sorted_logits, dim=-1)
-    mass_before = torch.cumsum(sorted_probs, dim=-1) - sorted_probs  # mass of the strictly more probable tokens
-    drop_sorted = mass_before >= p  # never drops the first token: its mass_before is 0
-    drop = drop_sorted.scatter(-1, order, drop_sorted)  # back to vocabulary order
+    # mass of the strictly more probable tokens (0 for the first one)
+    mass_before = torch.cumsum(sorted_probs, dim=-1) - sorted_probs
+    drop_sorted = mass_before >= p  # never drops the first token
+    drop = drop_sorted.scatter(-1, order, drop_sorted)  # vocab order
     return logits.masked_fill(drop, float("-inf"))
 
 
@@ -91,17 +100,22 @@ def next_token_distribution(model: GPT, idx: torch.Tensor, temperature=1.0, top_
     return filtered_probs(logits[:, -1], temperature, top_k, top_p)
 
 
-def pick_next(logits: torch.Tensor, *, temperature=1.0, top_k=None, top_p=None, greedy=False, generator=None):
+def pick_next(logits: torch.Tensor, *, temperature=1.0, top_k=None,
+              top_p=None, greedy=False, generator=None):
     """logits `(B, V)` of the last position -> next tokens `(B, 1)`."""
     _check_sampling_args(temperature, top_k, top_p, greedy)
     _check_logits(logits, ("B", "V"))
-    if generator is not None and (not isinstance(generator, torch.Generator) or generator.device != logits.device):
-        raise ValueError(f"generator must be None or a torch.Generator on {logits.device} (the logits' device), "
-                         f"got {describe(generator)}")
+    if generator is not None and (
+            not isinstance(generator, torch.Generator)
+            or generator.device != logits.device):
+        raise ValueError(f"generator must be None or a torch.Generator on "
+                         f"{logits.device} (the logits' device), got "
+                         f"{describe(generator)}")
     if greedy:
         return logits.argmax(dim=-1, keepdim=True)
     probs = filtered_probs(logits, temperature, top_k, top_p)
-    return torch.multinomial(probs, num_samples=1, generator=generator)  # (B, 1)
+    return torch.multinomial(probs, num_samples=1,
+                             generator=generator)  # (B, 1)
 
 
 def left_pad(sequences: list[list[int]], pad_id: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
@@ -127,8 +141,10 @@ def _check_model(model) -> None:
         raise ValueError(f"model must be a course GPT, got {describe(model)}")
 
 
-def _check_generate_args(model, idx, max_new_tokens, padding_mask, use_cache):
+def _check_generate_args(model, idx, max_new_tokens, padding_mask, use_cache, stop_token=None):
     _check_model(model)
+    if stop_token is not None:
+        check_int("stop_token", stop_token, 0, model.config.vocab_size - 1)
     device = model.tok_emb.weight.device
     check_tensor("idx (the prompts)", idx, ("B", "T"), torch.long, device)
     if 0 in idx.shape:
@@ -160,16 +176,20 @@ def generate(
     generator: torch.Generator | None = None,
     use_cache: bool = True,
     padding_mask: torch.Tensor | None = None,
+    stop_token: int | None = None,
 ) -> torch.Tensor:
     """Extend the prompts idx `(B, T)` by max_new_tokens tokens -> `(B, T + max_new_tokens)`.
 
     padding_mask `(B, T)`: True for real tokens, for a batch of prompts padded on the left (see `left_pad`).
+    stop_token: a row that emits it is finished; its later positions hold stop_token, and generation stops
+    as soon as every row is finished, so the result may be shorter: `(B, T + n)`, n <= max_new_tokens.
     generator: a `torch.Generator` on the model's device, for reproducible sampling. The model runs in eval
     mode (no dropout) and is put back in its previous mode afterwards.
     """
     _check_sampling_args(temperature, top_k, top_p, greedy)
-    _check_generate_args(model, idx, max_new_tokens, padding_mask, use_cache)
-    choose = dict(temperature=temperature, top_k=top_k, top_p=top_p, greedy=greedy, generator=generator)
+    _check_generate_args(model, idx, max_new_tokens, padding_mask, use_cache, stop_token)
+    choose = dict(temperature=temperature, top_k=top_k, top_p=top_p, greedy=greedy, generator=generator,
+                  stop_token=stop_token)
     was_training = model.training
     model.eval()
     try:
@@ -181,6 +201,16 @@ def generate(
         model.train(was_training)
 
 
+def _pick(logits, finished, stop_token=None, **choose):
+    """The next tokens `(B, 1)`; rows already finished `(B,)` get
+    stop_token. Updates finished in place."""
+    next_token = pick_next(logits, **choose)  # (B, 1)
+    if stop_token is not None:
+        next_token.masked_fill_(finished[:, None], stop_token)
+        finished |= next_token[:, 0] == stop_token
+    return next_token
+
+
 def _grow(padding_mask, B, device):
     """Add one real-token column to the padding mask (None stays None)."""
     if padding_mask is None:
@@ -189,27 +219,39 @@ def _grow(padding_mask, B, device):
 
 
 def _generate_uncached(model, idx, max_new_tokens, padding_mask, choose):
-    """Every step runs the whole sequence so far: simple, and O(t^2) work at step t."""
+    """Every step runs the whole sequence so far: simple, and O(t^2)
+    attention work at step t."""
     B = idx.shape[0]
+    # rows that emitted the stop token
+    finished = torch.zeros(B, dtype=torch.bool, device=idx.device)
     for _ in range(max_new_tokens):
         logits, _ = model(idx, padding_mask=padding_mask)  # (B, T, V)
-        next_token = pick_next(logits[:, -1], **choose)  # (B, 1)
+        next_token = _pick(logits[:, -1], finished, **choose)  # (B, 1)
         idx = torch.cat([idx, next_token], dim=1)
         padding_mask = _grow(padding_mask, B, idx.device)
+        if finished.all():
+            break
     return idx
 
 
 def _generate_cached(model, idx, max_new_tokens, padding_mask, choose):
-    """Run the prompt once, then feed one token per step; keys and values of the past come from the cache."""
+    """Run the prompt once, then feed one token per step; keys and
+    values of the past come from the cache."""
     B, T = idx.shape
     if max_new_tokens == 0:
         return idx.clone()
     cache = model.new_cache(B, max_len=T + max_new_tokens)
-    logits, _ = model(idx, padding_mask=padding_mask, cache=cache)  # prompt: (B, T, V)
+    # rows that emitted the stop token
+    finished = torch.zeros(B, dtype=torch.bool, device=idx.device)
+    # the prompt: (B, T, V)
+    logits, _ = model(idx, padding_mask=padding_mask, cache=cache)
     for step in range(max_new_tokens):
-        next_token = pick_next(logits[:, -1], **choose)  # (B, 1)
+        next_token = _pick(logits[:, -1], finished, **choose)  # (B, 1)
         idx = torch.cat([idx, next_token], dim=1)
         padding_mask = _grow(padding_mask, B, idx.device)
+        if finished.all():
+            break
         if step < max_new_tokens - 1:
-            logits, _ = model(next_token, padding_mask=padding_mask, cache=cache)  # (B, 1, V)
+            logits, _ = model(next_token, padding_mask=padding_mask,
+                              cache=cache)  # (B, 1, V)
     return idx

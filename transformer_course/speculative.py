@@ -42,11 +42,19 @@ class SpeculativeStats:
     draft_passes: int = 0  # one per drafted token
     drafted: int = 0  # tokens the draft proposed
     accepted: int = 0  # of those, kept by the target
+    rejected: int = 0  # rounds that ended at a rejected draft (<= target_passes)
 
     @property
     def acceptance_rate(self) -> float:
         """accepted / drafted (drafted tokens after a rejection count as not accepted); nan if none drafted."""
         return self.accepted / self.drafted if self.drafted else float("nan")
+
+    @property
+    def examined_acceptance_rate(self) -> float:
+        """accepted / (accepted + rejected): the share of the drafted tokens the target examined that it kept,
+        an estimate of Leviathan et al.'s per-token acceptance probability alpha; nan if none examined."""
+        examined = self.accepted + self.rejected
+        return self.accepted / examined if examined else float("nan")
 
     @property
     def target_passes_per_token(self) -> float:
@@ -69,26 +77,33 @@ def acceptance_probability(p: torch.Tensor, q: torch.Tensor, drafted: int) -> fl
     return min(1.0, (p[drafted] / q[drafted]).item())
 
 
-def residual_distribution(p: torch.Tensor, q: torch.Tensor) -> torch.Tensor:
-    """norm(max(0, p - q)) `(V,)`: what a rejection samples from. Where p <= q everywhere (so p == q and a
-    rejection has probability 0), p itself."""
+def residual_distribution(p: torch.Tensor,
+                          q: torch.Tensor) -> torch.Tensor:
+    """norm(max(0, p - q)) `(V,)`: what a rejection samples from. Where
+    p <= q everywhere (so p == q and a rejection has probability 0), p."""
     _check_distributions(p, q)
     residual = (p - q).clamp_min(0)  # (V,)
-    mass = residual.sum()  # = total variation distance between p and q = P(reject)
+    # = total variation distance between p and q = P(reject)
+    mass = residual.sum()
     return residual / mass if mass > 0 else p
 
 
-def accept_or_resample(p: torch.Tensor, q: torch.Tensor, drafted: int, generator=None) -> tuple[bool, int]:
-    """One verification step: (True, drafted) with probability min(1, p(x)/q(x)), else (False, a token
-    sampled from `residual_distribution(p, q)`). p, q `(V,)`; generator: a `torch.Generator` on p's device."""
+def accept_or_resample(p: torch.Tensor, q: torch.Tensor, drafted: int,
+                       generator=None) -> tuple[bool, int]:
+    """One verification step: (True, drafted) with probability
+    min(1, p(x)/q(x)), else (False, a token sampled from
+    `residual_distribution(p, q)`). p, q `(V,)`; generator: a
+    `torch.Generator` on p's device."""
     ratio = acceptance_probability(p, q, drafted)  # checks p, q, drafted
     _check_generator(generator, p.device)
     if ratio >= 1:  # p(x) >= q(x): always kept, no draw needed
         return True, drafted
-    if torch.rand((), generator=generator, device=p.device).item() < ratio:
+    u = torch.rand((), generator=generator, device=p.device).item()
+    if u < ratio:
         return True, drafted
     residual = residual_distribution(p, q)
-    return False, torch.multinomial(residual, 1, generator=generator).item()
+    token = torch.multinomial(residual, 1, generator=generator).item()
+    return False, token
 
 
 def _check_generator(generator, device) -> None:
@@ -168,7 +183,9 @@ def speculative_generate(
         draft.train(modes[1])
 
 
-def _speculate(target, draft, idx, max_new_tokens, k, use_cache, greedy, generator, choose):
+def _speculate(target, draft, idx, max_new_tokens, k, use_cache, greedy,
+               generator, choose):
+    # k: tokens drafted per round (gamma in Leviathan et al.)
     stats = SpeculativeStats(generated=max_new_tokens)
     end = idx.shape[1] + max_new_tokens
     target_cache = target.new_cache(1, end) if use_cache else None
@@ -176,45 +193,55 @@ def _speculate(target, draft, idx, max_new_tokens, k, use_cache, greedy, generat
     tokens = idx.clone()  # (1, n): everything accepted so far
     while tokens.shape[1] < end:
         n = tokens.shape[1]
-        k_now = min(k, end - n - 1)  # the round emits at most k_now + 1 tokens
+        k_now = min(k, end - n - 1)  # the round emits <= k_now + 1 tokens
 
-        # 1. Draft k_now tokens, one draft pass each; q[i] is the distribution x_i was sampled from.
+        # 1. Draft k_now tokens, one draft pass each; q[i] is the
+        # distribution x_i was sampled from.
         seq, q = tokens, []  # seq (1, n + i)
         for _ in range(k_now):
-            logits = _logits_of_new(draft, seq, draft_cache)[:, -1]  # (1, V)
+            logits = _logits_of_new(draft, seq, draft_cache)[:, -1]  # (1,V)
             if greedy:
                 x = pick_next(logits, greedy=True)  # (1, 1)
             else:
                 q.append(filtered_probs(logits, **choose)[0])  # (V,)
-                x = torch.multinomial(q[-1], 1, generator=generator)[None]  # (1, 1)
+                x = torch.multinomial(q[-1], 1, generator=generator)
+                x = x[None]  # (1, 1)
             seq = torch.cat([seq, x], dim=1)
         stats.draft_passes += k_now
         stats.drafted += k_now
 
-        # 2. One target pass scores every drafted position and the one after: p_1..p_{k_now+1}.
-        target_logits = _logits_of_new(target, seq, target_cache)[:, -(k_now + 1):]  # (1, k_now + 1, V)
+        # 2. One target pass scores every drafted position and the one
+        # after: p_1..p_{k_now+1}, logits (1, k_now + 1, V).
+        target_logits = _logits_of_new(target, seq, target_cache)
+        target_logits = target_logits[:, -(k_now + 1):]
         stats.target_passes += 1
 
-        # 3. Accept in order; the first rejection ends the round with a residual sample.
+        # 3. Accept in order; the first rejection ends the round with a
+        # residual sample.
         new = []
         for i, x in enumerate(seq[0, n:].tolist()):
-            if greedy:  # one-hot p and q: kept iff x is the target's argmax, else the argmax replaces it
+            if greedy:  # one-hot p, q: kept iff x is the target's argmax
                 best = pick_next(target_logits[:, i], greedy=True).item()
                 accepted, token = best == x, best
             else:
                 p = filtered_probs(target_logits[:, i], **choose)[0]  # (V,)
-                # float32 for both (exact from float16/bfloat16): the models may differ in dtype
-                accepted, token = accept_or_resample(p.float(), q[i].float(), x, generator)
+                # float32 for both (the models may differ in dtype)
+                accepted, token = accept_or_resample(
+                    p.float(), q[i].float(), x, generator)
             new.append(token)
             if not accepted:
+                stats.rejected += 1
                 break
         else:  # all k_now accepted: a bonus token from p_{k_now+1}
-            new.append(pick_next(target_logits[:, k_now], greedy=greedy, generator=generator, **choose).item())
+            new.append(pick_next(target_logits[:, k_now], greedy=greedy,
+                                 generator=generator, **choose).item())
         stats.accepted += len(new) - 1
-        tokens = torch.cat([tokens, torch.tensor([new], device=tokens.device)], dim=1)
+        new = torch.tensor([new], device=tokens.device)
+        tokens = torch.cat([tokens, new], dim=1)
 
-        # 4. Roll back: each cache keeps only positions that are still in `tokens` (the newest token is fed
-        # next round). The target cached n + k_now positions, the draft n + k_now - 1.
+        # 4. Roll back: each cache keeps only positions still in `tokens`
+        # (the newest token is fed next round). The target cached
+        # n + k_now positions, the draft n + k_now - 1.
         _truncate(target_cache, tokens.shape[1] - 1)
         _truncate(draft_cache, tokens.shape[1] - 1)
     return tokens, stats
