@@ -2,8 +2,8 @@
 
 Prints the Markdown tables of every script in `SCRIPTS`, in order, with
 the load of the machine before and after each (other work on the machine skews the times: read the tables
-with it in mind). Exits non-zero if any script failed. Nothing is downloaded. About 3 minutes here
-(2 CPU cores) plus the chapters' own time.
+with it in mind). Exits non-zero if any script failed. Nothing is downloaded. About 8 minutes here
+(2 CPU cores; flash_attention.py alone about 5 minutes and 6 GB of memory) plus the chapters' own time.
 Run: .venv/bin/python benchmarks/run_all.py
 """
 import os
@@ -13,7 +13,8 @@ import time
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
-SCRIPTS = ["train_step.py", "generation.py", "tokenizer_training.py", "sparse_attention.py", "chapter_times.py"]
+SCRIPTS = ["train_step.py", "train_loop.py", "generation.py", "tokenizer_training.py", "sparse_attention.py", "flash_attention.py",
+           "flash_gpu.py", "chapter_times.py"]
 
 
 def load() -> str:

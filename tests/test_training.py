@@ -243,3 +243,183 @@ def test_config_round_trips_through_dict():
     cfg = small_cfg(betas=(0.8, 0.9))
     assert TrainConfig(**cfg.to_dict()) == cfg
     assert dataclasses.replace(cfg, steps=5).steps == 5
+
+
+# ---- Chapter 13: AdamW written out, gradient accumulation, the recorded gradient norms
+
+from transformer_course.model import GPT, GPTConfig  # noqa: E402
+from transformer_course.training import train_step  # noqa: E402
+
+
+def adamw_by_hand(theta, grads, lr, betas, eps, weight_decay):
+    """Loshchilov & Hutter (2019), Algorithm 2, as PyTorch documents it: decay theta, then the Adam step."""
+    b1, b2 = betas
+    m, v, path = torch.zeros_like(theta), torch.zeros_like(theta), []
+    for t, g in enumerate(grads, start=1):
+        theta = theta * (1 - lr * weight_decay)           # decoupled: not part of the gradient
+        m = b1 * m + (1 - b1) * g
+        v = b2 * v + (1 - b2) * g * g
+        m_hat, v_hat = m / (1 - b1**t), v / (1 - b2**t)   # bias correction
+        theta = theta - lr * m_hat / (v_hat.sqrt() + eps)
+        path.append(theta)
+    return path
+
+
+@pytest.mark.parametrize("weight_decay", [0.0, 0.1, 0.5])
+def test_adamw_by_hand_equals_torch_step_for_step(weight_decay):
+    g = torch.Generator().manual_seed(0)
+    theta0 = torch.randn(4, 3, generator=g, dtype=torch.float64)
+    grads = [torch.randn(4, 3, generator=g, dtype=torch.float64) * s for s in (1.0, 0.01, 3.0, 1e-4, 0.5, 2.0)]
+    p = nn.Parameter(theta0.clone())
+    opt = torch.optim.AdamW([p], lr=0.05, betas=(0.9, 0.95), eps=1e-8, weight_decay=weight_decay)
+    for step, (grad, expected) in enumerate(zip(grads, adamw_by_hand(theta0, grads, 0.05, (0.9, 0.95), 1e-8,
+                                                                     weight_decay))):
+        p.grad = grad.clone()
+        opt.step()
+        torch.testing.assert_close(p.detach(), expected, rtol=1e-12, atol=1e-14, msg=f"step {step + 1}")
+
+
+def test_adam_weight_decay_is_l2_not_adamw():
+    """torch.optim.Adam's weight_decay adds wd * theta to the gradient (L2), which AdamW does not."""
+    g = torch.Generator().manual_seed(1)
+    theta0 = torch.randn(5, generator=g, dtype=torch.float64)
+    grads = [torch.randn(5, generator=g, dtype=torch.float64) for _ in range(3)]
+    results = {}
+    for name, cls in (("adam", torch.optim.Adam), ("adamw", torch.optim.AdamW)):
+        p = nn.Parameter(theta0.clone())
+        opt = cls([p], lr=0.1, weight_decay=0.5)
+        for grad in grads:
+            p.grad = grad.clone()
+            opt.step()
+        results[name] = p.detach()
+    assert (results["adam"] - results["adamw"]).abs().max() > 1e-3
+    theta, m, v = theta0.clone(), 0, 0  # Adam + L2 by hand: the decay goes through the moments
+    for t, grad in enumerate(grads, start=1):
+        grad = grad + 0.5 * theta
+        m, v = 0.9 * m + 0.1 * grad, 0.999 * v + 0.001 * grad**2
+        theta = theta - 0.1 * (m / (1 - 0.9**t)) / ((v / (1 - 0.999**t)).sqrt() + 1e-8)
+    torch.testing.assert_close(results["adam"], theta, rtol=1e-12, atol=1e-14)
+
+
+def tiny_gpt(seed=0):
+    torch.manual_seed(seed)
+    model = GPT(GPTConfig.gpt2_like(vocab_size=23, context_length=8, n_layers=1, n_heads=2, d_model=8)).double()
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():  # away from the 0.02 initialisation, so that every parameter matters
+        for p in model.parameters():
+            p.add_(torch.randn(p.shape, generator=g, dtype=torch.float64) * 0.5)
+    return model
+
+
+@pytest.mark.parametrize("grad_clip", [0.0, 0.3])
+@pytest.mark.parametrize("n", [2, 4])
+def test_accumulated_micro_batches_equal_one_large_batch(n, grad_clip):
+    g = torch.Generator().manual_seed(n)
+    x, y = torch.randint(0, 23, (2 * n, 8), generator=g), torch.randint(0, 23, (2 * n, 8), generator=g)
+    cfg = small_cfg(weight_decay=0.1)
+    big, acc = tiny_gpt(), tiny_gpt()
+    opt_big, opt_acc = make_optimizer(big, cfg), make_optimizer(acc, cfg)
+    loss_big, norm_big = train_step(big, opt_big, [(x, y)], grad_clip)
+    loss_acc, norm_acc = train_step(acc, opt_acc, list(zip(x.split(2), y.split(2))), grad_clip)
+    assert loss_acc == pytest.approx(loss_big, rel=1e-12) and norm_acc == pytest.approx(norm_big, rel=1e-10)
+    if grad_clip:
+        assert norm_big > grad_clip  # the clipping did act
+    for (name, a), b in zip(acc.named_parameters(), big.parameters()):
+        torch.testing.assert_close(a.grad, b.grad, rtol=1e-10, atol=1e-13, msg=f"gradient of {name}")
+        torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-13, msg=f"{name} after one AdamW step")
+    one = tiny_gpt()
+    train_step(one, make_optimizer(one, cfg), [(x[:2], y[:2])], grad_clip)
+    assert not torch.allclose(one.tok_emb.weight, big.tok_emb.weight)  # another batch, another step: it can fail
+
+
+def test_train_step_returns_the_norm_clip_grad_norm_returns():
+    model = tiny_gpt()
+    x = torch.randint(0, 23, (3, 8), generator=torch.Generator().manual_seed(0))
+    loss, norm = train_step(model, make_optimizer(model, small_cfg()), [(x, x.roll(-1, 1))], 0.0)
+    expected = torch.linalg.vector_norm(torch.cat([p.grad.flatten() for p in model.parameters()]))
+    assert norm == pytest.approx(expected.item(), rel=1e-12)
+    with pytest.raises(ValueError, match="batches"):
+        train_step(model, make_optimizer(model, small_cfg()), [], 0.0)
+    with pytest.raises(ValueError, match="grad_clip"):
+        train_step(model, make_optimizer(model, small_cfg()), [(x, x)], -1.0)
+    with pytest.raises(ValueError, match="optimizer"):
+        train_step(model, "adamw", [(x, x)], 0.0)
+    with pytest.raises(ValueError, match="grad_norms"):
+        train(Bigram(), pattern(500), pattern(200), small_cfg(), progress=False, grad_norms=())
+
+
+def test_train_records_the_norm_before_clipping(monkeypatch):
+    returned = []
+    clip = torch.nn.utils.clip_grad_norm_
+
+    def spy(params, max_norm, *a, **kw):
+        returned.append(clip(params, max_norm, *a, **kw).item())
+        return torch.tensor(returned[-1])
+
+    monkeypatch.setattr(torch.nn.utils, "clip_grad_norm_", spy)
+    norms = []
+    train(Bigram(), pattern(500), pattern(200), small_cfg(steps=5, warmup_steps=1, grad_clip=0.5), progress=False,
+          grad_norms=norms)
+    assert norms == returned and len(norms) == 5 and max(norms) > 0.5
+
+
+def test_grad_accum_steps_in_train_equals_a_larger_batch():
+    """train() draws the micro-batches one after the other from its generator; CPU randint gives the same
+    starts for (8,) as for two (4,) draws, so the two runs see the same windows."""
+    g1, g2 = torch.Generator().manual_seed(0), torch.Generator().manual_seed(0)
+    if not torch.equal(torch.randint(99, (8,), generator=g1),
+                       torch.cat([torch.randint(99, (4,), generator=g2) for _ in range(2)])):
+        pytest.skip("this torch draws randint in another order: the windows differ")
+    runs = {}
+    for batch, accum in ((8, 1), (4, 2), (4, 1)):
+        model = Bigram().double()
+        torch.manual_seed(0)
+        with torch.no_grad():
+            for p in model.parameters():
+                p.copy_(torch.randn(p.shape, dtype=torch.float64))
+        train(model, pattern(500), pattern(200), small_cfg(steps=6, batch_size=batch, grad_accum_steps=accum),
+              progress=False)  # (its evaluations differ: they draw batches of batch_size windows)
+        runs[batch, accum] = model
+    for (name, a), b in zip(runs[8, 1].named_parameters(), runs[4, 2].parameters()):
+        torch.testing.assert_close(a, b, rtol=1e-9, atol=1e-12, msg=name)
+    assert not torch.allclose(runs[4, 1].emb.weight, runs[8, 1].emb.weight)  # half the batch: another run
+
+
+def test_grad_accum_steps_is_validated_and_recorded_only_when_used():
+    with pytest.raises(ValueError, match="grad_accum_steps"):
+        small_cfg(grad_accum_steps=0)
+    assert "grad_accum_steps" not in small_cfg().to_dict()  # old records still equal their recipes
+    cfg = small_cfg(grad_accum_steps=4)
+    assert cfg.to_dict()["grad_accum_steps"] == 4 and TrainConfig(**cfg.to_dict()) == cfg
+
+
+def test_window_batch_walks_the_stream_in_order_without_overlap():
+    from transformer_course.training import window_batch
+    ids = torch.arange(23)  # 22 usable tokens -> 5 whole windows of 4 (the last token is only a target)
+    x, y = window_batch(ids, 0, 3, 4)
+    assert x.tolist() == [[0, 1, 2, 3], [4, 5, 6, 7], [8, 9, 10, 11]] and torch.equal(y, x + 1)
+    x, _ = window_batch(ids, 4, 2, 4)  # window 4, then window 5 % 5 = 0: the stream again, in order
+    assert x.tolist() == [[16, 17, 18, 19], [0, 1, 2, 3]]
+    with pytest.raises(ValueError, match="first"):
+        window_batch(ids, -1, 2, 4)
+
+
+def test_sequential_sampling_reads_each_token_once():
+    seen = []
+
+    class Recorder(Bigram):
+        def forward(self, idx, targets=None):
+            if self.training:
+                seen.append(idx.clone())
+            return super().forward(idx, targets)
+
+    cfg = small_cfg(steps=5, batch_size=2, block_size=8, grad_accum_steps=2, sampling="sequential")
+    train(Recorder(), torch.arange(200) % 11, pattern(100), cfg, progress=False)
+    starts = [row[0].item() for batch in seen for row in batch]  # stream = arange % 11: recover the offsets
+    read = torch.cat([b.flatten() for b in seen])
+    assert len(read) == 5 * 2 * 2 * 8 and len(seen) == 10
+    assert torch.equal(read, torch.arange(160) % 11)  # windows 0..19 in order: every token read once
+    assert starts[:3] == [0, 8 % 11, 16 % 11]
+    with pytest.raises(ValueError, match="sampling"):
+        small_cfg(sampling="shuffled")
+    assert "sampling" not in small_cfg().to_dict() and cfg.to_dict()["sampling"] == "sequential"

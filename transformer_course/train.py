@@ -23,7 +23,7 @@ from pathlib import Path
 import torch
 
 from .checkpoints import CHECKPOINT_DIR, load_checkpoint, save_checkpoint
-from .data import synthetic_corpus, train_val_split
+from .data import EOT, held_out_split, sentences, synthetic_corpus, train_val_split
 from .gqa import mha_to_gqa
 from .memory import memory_data
 from .model import GPT, GPTConfig
@@ -148,6 +148,39 @@ CONFIGS: dict[str, tuple[GPTConfig, TrainConfig]] = {
         for n_layers, d_model in ((1, 80), (2, 64), (4, 48), (8, 36))
     },
     # ---- Chapter 13 (training)
+    # Overfitting: small-tied's shape (dropout 0) trained 600 steps of 16 x 64 tokens on the first 5,000 tokens
+    # of the course's train split (about 120 epochs), validated on the held-out split; the fix measured: the
+    # same run on 200,000 tokens (about 3 epochs). See DATA.
+    **{
+        f"slice-{size}": (
+            GPTConfig.gpt2_like(vocab_size=COURSE_VOCAB_SIZE, context_length=64, n_layers=2, n_heads=4, d_model=64),
+            TrainConfig(steps=600, batch_size=16, block_size=64, lr=3e-3, min_lr=3e-4, warmup_steps=50,
+                        eval_interval=50, eval_batches=10, seed=0),
+        )
+        for size in ("5k", "200k")
+    },
+    # The learning-rate sweep: the same model, 300 steps of 16 x 64 tokens of the course data, peak rates
+    # 3e-4 .. 3e-2 (min_lr a tenth of the peak).
+    **{
+        f"lr-{lr:g}": (
+            GPTConfig.gpt2_like(vocab_size=COURSE_VOCAB_SIZE, context_length=64, n_layers=2, n_heads=4, d_model=64),
+            TrainConfig(steps=300, batch_size=16, block_size=64, lr=lr, min_lr=lr / 10, warmup_steps=30,
+                        eval_interval=100, eval_batches=10, seed=0),
+        )
+        for lr in (3e-4, 1e-3, 3e-3, 1e-2, 3e-2)
+    },
+    # The mini scaling experiment: L 2, d_model 16 .. 128, each 500 steps of 16 x 64 tokens (512,000) read in
+    # order from a fresh 10 MB sample (about 2.5 M tokens, so no token is read twice), validated on the
+    # held-out split. See DATA.
+    **{
+        f"scale-d{d_model}": (
+            GPTConfig.gpt2_like(vocab_size=COURSE_VOCAB_SIZE, context_length=64, n_layers=2, n_heads=4,
+                                d_model=d_model),
+            TrainConfig(steps=500, batch_size=16, block_size=64, lr=3e-3, min_lr=3e-4, warmup_steps=50,
+                        eval_interval=100, eval_batches=20, seed=0, sampling="sequential"),
+        )
+        for d_model in (16, 32, 64, 128)
+    },
     # ---- end of the chapter recipes
 }
 
@@ -156,6 +189,31 @@ START_FROM = {"tiny-mqa": "tiny", "tiny-control": "tiny"}
 
 # Configs trained on other data than the course corpus: name -> function(tokenizer) -> (train_ids, val_ids).
 DATA = {f"facts-dff{d_ff}": memory_data for d_ff in (0, 64, 256)}  # Chapter 10: facts in fact-free text
+
+
+def held_out_ids(tokenizer, n_chars: int = 50_000) -> torch.Tensor:
+    """`data.held_out_split(n_chars)` as token ids: Chapter 13's validation text (no sentence of it in training)."""
+    return torch.tensor(tokenizer.encode(held_out_split(n_chars).text, allowed_special="all"), dtype=torch.long)
+
+
+def slice_data(n_tokens: int):
+    """Chapter 13's overfitting data: the first `n_tokens` of the course train split; the held-out split."""
+    return lambda tokenizer: (course_data(tokenizer)[0][:n_tokens], held_out_ids(tokenizer))
+
+
+def fresh_data(tokenizer, n_chars: int = 10_000_000, seed: int = 13) -> tuple[torch.Tensor, torch.Tensor]:
+    """Chapter 13's scaling data: a fresh sample of the generator (`synthetic_corpus(n_chars, seed)`) with
+    every sentence of the held-out split removed from it, and the held-out split as validation."""
+    held = held_out_split(50_000).text
+    held_sentences = {s for doc in held.split(EOT) for s in sentences(doc)}
+    docs = (" ".join(s for s in sentences(doc) if s not in held_sentences)
+            for doc in synthetic_corpus(n_chars, seed).split(EOT))
+    text = EOT.join(doc for doc in docs if doc)
+    return torch.tensor(tokenizer.encode(text, allowed_special="all"), dtype=torch.long), held_out_ids(tokenizer)
+
+
+DATA |= {"slice-5k": slice_data(5_000), "slice-200k": slice_data(200_000),
+         **{f"scale-d{d_model}": fresh_data for d_model in (16, 32, 64, 128)}}
 
 
 RESULTS_DIR = Path(__file__).resolve().parent / "assets" / "results"
@@ -244,10 +302,11 @@ def main(argv: list[str] | None = None) -> int:
           f"threads, device {args.device}" + (f"; starts from {start['source']}" if start else ""))
 
     started, cpu_started = time.perf_counter(), time.process_time()
+    grad_norms = []
     try:
         history = train(model, train_ids, val_ids, train_config, progress=not args.no_progress,
                         checkpoint_path=None if args.results else out, tokenizer=tokenizer,
-                        meta={"command": command, "config_name": args.config})
+                        meta={"command": command, "config_name": args.config}, grad_norms=grad_norms)
     except KeyboardInterrupt:
         print("interrupted" + ("" if args.results else f"; the last state is saved in {out}"), file=sys.stderr)
         return 130
@@ -260,7 +319,10 @@ def main(argv: list[str] | None = None) -> int:
                   val_loss=final["val_loss"], train_loss=final["train_loss"], train_seconds=round(seconds, 1),
                   cpu_seconds=round(cpu_seconds, 1), threads=torch.get_num_threads(),
                   train_config=train_config.to_dict(), history=history)
-    if args.results:
+    if args.results:  # Chapter 13: each update's gradient norm before clipping, and whether it was clipped
+        clip = train_config.grad_clip
+        record.update(grad_norm=[float(f"{n:.4g}") for n in grad_norms],  # 4 significant digits
+                      clipped=[int(clip > 0 and clip / (n + 1e-6) < 1) for n in grad_norms])  # clip_grad_norm_'s rule
         save_results(out, model_config, record)
     else:
         save_checkpoint(out, model, tokenizer, **record)

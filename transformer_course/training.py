@@ -2,10 +2,11 @@
 
 The loop is nanoGPT's, small enough to read in one sitting: sample random windows of the token stream,
 predict every next token, step AdamW with the learning rate of a warm-up + cosine schedule, clip the
-gradient norm, and now and then estimate the train and validation loss on fixed batches.
+gradient norm, and now and then estimate the train and validation loss on fixed batches. One update may
+accumulate the gradients of several micro-batches (`grad_accum_steps`), which equals one larger batch.
 
-Leaves out: gradient accumulation, mixed precision, `torch.compile`, distributed data parallel and
-resuming the optimizer state; a course-sized model trains in minutes on a laptop CPU without them.
+Leaves out: mixed precision, `torch.compile`, distributed data parallel and resuming the optimizer state;
+a course-sized model trains in minutes on a laptop CPU without them.
 """
 import dataclasses
 import math
@@ -19,7 +20,7 @@ from .checkpoints import save_checkpoint
 from .data import held_out_split
 from .model import GPT
 from .tokenization import BPETokenizer
-from .utils import check_device, check_int, check_number, check_tensor, describe
+from .utils import check_choice, check_device, check_int, check_number, check_tensor, describe
 
 
 @dataclass
@@ -28,6 +29,11 @@ class TrainConfig:
 
     `weight_decay` applies to matrices only (embeddings and linear weights, `p.dim() >= 2`), never to biases
     and norm gains: nanoGPT's rule. `grad_clip=0` turns clipping off. `device=None` trains where the model is.
+    Each update sums the gradients of `grad_accum_steps` micro-batches of `batch_size` windows (each loss
+    divided by their number): the gradient of one batch of `grad_accum_steps * batch_size` windows.
+    `sampling="random"` draws each training window anywhere in the stream (`get_batch`); `"sequential"`
+    walks through it in order, window after non-overlapping window (`window_batch`), so a run that needs
+    fewer windows than the stream holds reads no token twice. Evaluation batches are random either way.
     """
 
     steps: int = 1000
@@ -43,13 +49,15 @@ class TrainConfig:
     eval_batches: int = 20
     seed: int = 0
     device: str | None = None
+    grad_accum_steps: int = 1
+    sampling: str = "random"
 
     def __post_init__(self):
         self.validate()
 
     def validate(self) -> None:
         """Raise `ValueError` naming the first field of the wrong type or with an impossible value."""
-        for name in ("steps", "batch_size", "block_size", "eval_interval", "eval_batches"):
+        for name in ("steps", "batch_size", "block_size", "eval_interval", "eval_batches", "grad_accum_steps"):
             check_int(f"TrainConfig.{name}", getattr(self, name))
         check_int("TrainConfig.warmup_steps (at most steps)", self.warmup_steps, 0, self.steps)
         check_int("TrainConfig.seed", self.seed, -(2**63), 2**64 - 1)
@@ -57,6 +65,7 @@ class TrainConfig:
         check_number("TrainConfig.min_lr (at most lr)", self.min_lr, f"[0, {self.lr}]")
         check_number("TrainConfig.weight_decay", self.weight_decay, "[0, inf)")
         check_number("TrainConfig.grad_clip (0 = no clipping)", self.grad_clip, "[0, inf)")
+        check_choice("TrainConfig.sampling", self.sampling, ("random", "sequential"))
         if not isinstance(self.betas, (tuple, list)) or len(self.betas) != 2:
             raise ValueError(f"TrainConfig.betas must be two numbers in [0, 1), got {describe(self.betas)}")
         for i, beta in enumerate(self.betas):
@@ -67,7 +76,13 @@ class TrainConfig:
             check_device("TrainConfig.device", self.device)
 
     def to_dict(self) -> dict:
-        return dataclasses.asdict(self)
+        """The fields as a dict; `grad_accum_steps` and `sampling` only when they are not the defaults, so that
+        the records of runs made before those fields existed still equal their recipe's."""
+        d = dataclasses.asdict(self)
+        for name, default in (("grad_accum_steps", 1), ("sampling", "random")):
+            if d[name] == default:
+                del d[name]
+        return d
 
 
 def _check_cfg(cfg, model=None) -> None:
@@ -78,7 +93,7 @@ def _check_cfg(cfg, model=None) -> None:
 
 
 def _check_ids(ids, name: str, block_size: int) -> torch.Tensor:
-    check_tensor(f"{name} (token ids)", ids, ("N",), "int")
+    check_tensor(f"{name} (token ids)", ids, ("n_tokens",), "int")
     if len(ids) <= block_size:
         raise ValueError(f"{name} has {len(ids)} tokens; it needs more than block_size={block_size}")
     return ids.long()
@@ -86,7 +101,7 @@ def _check_ids(ids, name: str, block_size: int) -> torch.Tensor:
 
 def get_batch(ids: torch.Tensor, batch_size: int, block_size: int,
               generator: torch.Generator | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-    """Cut `batch_size` random windows out of the token stream `ids` (N,).
+    """Cut `batch_size` random windows out of the token stream `ids` (n_tokens,).
 
     Returns inputs `x` (B, T) and targets `y` (B, T) with `y[:, t] == x[:, t + 1]`: every position is
     trained to predict the token that follows it. T = `block_size`. Tensors stay on `ids`' device.
@@ -102,12 +117,30 @@ def get_batch(ids: torch.Tensor, batch_size: int, block_size: int,
     return x, y
 
 
-def lr_at(step: int, cfg: TrainConfig) -> float:
-    """Learning rate of update `step` (0-based): linear warm-up, then cosine decay to `min_lr`.
+def window_batch(ids: torch.Tensor, first: int, batch_size: int, block_size: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Windows `first, first + 1, ...` of the stream `ids` (n_tokens,) cut into non-overlapping windows of
+    `block_size` tokens, counted modulo the number of whole windows (a run longer than the stream reads it
+    again, in order). Returns `x` (B, T) and `y` (B, T) with `y[:, t] == x[:, t + 1]`, as `get_batch`."""
+    check_int("first", first, 0)
+    check_int("batch_size", batch_size)
+    check_int("block_size", block_size)
+    ids = _check_ids(ids, "ids", block_size)
+    n_windows = (len(ids) - 1) // block_size
+    starts = ((first + torch.arange(batch_size)) % n_windows * block_size).tolist()
+    x = torch.stack([ids[i:i + block_size] for i in starts])
+    y = torch.stack([ids[i + 1:i + 1 + block_size] for i in starts])
+    return x, y
 
-    Warm-up climbs as `lr * (step + 1) / warmup_steps`, reaching `lr` at `step = warmup_steps - 1`;
-    the cosine then falls from `lr` at `step = warmup_steps` to `min_lr` at the last update,
-    `step = steps - 1` (halfway in between it is exactly `(lr + min_lr) / 2`). Later steps stay at `min_lr`.
+
+def lr_at(step: int, cfg: TrainConfig) -> float:
+    """Learning rate of update `step` (0-based): linear warm-up, then a
+    cosine decay to `min_lr`.
+
+    Warm-up climbs as `lr * (step + 1) / warmup_steps`, reaching `lr` at
+    `step = warmup_steps - 1`; the cosine then falls from `lr` at
+    `step = warmup_steps` to `min_lr` at the last update, `step = steps - 1`
+    (halfway in between it is exactly `(lr + min_lr) / 2`). Later steps
+    stay at `min_lr`.
     """
     check_int("step", step, 0)
     _check_cfg(cfg)
@@ -115,7 +148,8 @@ def lr_at(step: int, cfg: TrainConfig) -> float:
         return cfg.lr * (step + 1) / cfg.warmup_steps
     decay_steps = max(1, cfg.steps - 1 - cfg.warmup_steps)
     progress = min(1.0, (step - cfg.warmup_steps) / decay_steps)
-    return cfg.min_lr + 0.5 * (1.0 + math.cos(math.pi * progress)) * (cfg.lr - cfg.min_lr)
+    cosine = 0.5 * (1.0 + math.cos(math.pi * progress))  # 1 -> 0
+    return cfg.min_lr + cosine * (cfg.lr - cfg.min_lr)
 
 
 @torch.no_grad()
@@ -167,20 +201,64 @@ def _model_device(model: torch.nn.Module) -> torch.device:
     return next(model.parameters()).device
 
 
-def make_optimizer(model: torch.nn.Module, cfg: TrainConfig) -> torch.optim.AdamW:
-    """AdamW with weight decay on matrices (`dim >= 2`) and none on biases and norm gains."""
+def make_optimizer(model: torch.nn.Module,
+                   cfg: TrainConfig) -> torch.optim.AdamW:
+    """AdamW with weight decay on matrices (`dim >= 2`) and none on
+    biases and norm gains."""
     _check_cfg(cfg, model)
     params = [p for p in model.parameters() if p.requires_grad]
     groups = [
-        {"params": [p for p in params if p.dim() >= 2], "weight_decay": cfg.weight_decay},
-        {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0},
+        {"params": [p for p in params if p.dim() >= 2],
+         "weight_decay": cfg.weight_decay},
+        {"params": [p for p in params if p.dim() < 2],
+         "weight_decay": 0.0},
     ]
     return torch.optim.AdamW(groups, lr=cfg.lr, betas=tuple(cfg.betas))
 
 
+def _check_optimizer(model, optimizer) -> None:
+    if not isinstance(model, torch.nn.Module):
+        raise ValueError(f"model must be a torch.nn.Module, got {describe(model)}")
+    if not isinstance(optimizer, torch.optim.Optimizer):
+        raise ValueError(f"optimizer must be a torch.optim.Optimizer, got {describe(optimizer)}")
+
+
+def train_step(model: torch.nn.Module, optimizer: torch.optim.Optimizer,
+               batches, grad_clip: float = 0.0) -> tuple[float, float]:
+    """One update from the micro-batches `batches`, a list of `(x, y)`
+    pairs of (B, T) token ids.
+
+    Each micro-batch's loss is divided by their number n before
+    `backward`, so the summed gradient is that of the mean loss: with
+    equal micro-batches, the gradient of one batch n times larger. The
+    total gradient norm is clipped to `grad_clip` (0 = no clipping).
+    Returns (mean loss, gradient norm before clipping).
+    """
+    _check_optimizer(model, optimizer)
+    if not isinstance(batches, (list, tuple)) or not batches:
+        raise ValueError("batches must be a non-empty list of (x, y) "
+                         f"pairs, got {describe(batches)}")
+    check_number("grad_clip (0 = no clipping)", grad_clip, "[0, inf)")
+    optimizer.zero_grad(set_to_none=True)
+    n, total = len(batches), 0.0
+    for x, y in batches:
+        _, loss = model(x, y)
+        (loss / n if n > 1 else loss).backward()
+        total += loss.item()
+    params = [p for p in model.parameters() if p.grad is not None]
+    if grad_clip > 0:  # returns the norm before clipping
+        norm = torch.nn.utils.clip_grad_norm_(params, grad_clip)
+    else:
+        norm = torch.linalg.vector_norm(
+            torch.stack([torch.linalg.vector_norm(p.grad) for p in params]))
+    optimizer.step()
+    return total / n, norm.item()
+
+
 def train(model: torch.nn.Module, train_ids: torch.Tensor, val_ids: torch.Tensor, cfg: TrainConfig,
-          progress: bool = True, *, checkpoint_path=None, tokenizer=None, meta: dict | None = None) -> list[dict]:
-    """Train `model` in place on the token streams `train_ids` (N,) and `val_ids` (M,).
+          progress: bool = True, *, checkpoint_path=None, tokenizer=None, meta: dict | None = None,
+          grad_norms: list | None = None) -> list[dict]:
+    """Train `model` in place on the token streams `train_ids` (n_train,) and `val_ids` (n_val,).
 
     `model(x, y)` must return `(logits, loss)`. Every `cfg.eval_interval` updates, and at the start and the
     end, the train and validation losses are estimated; the returned history holds one dict per
@@ -189,6 +267,7 @@ def train(model: torch.nn.Module, train_ids: torch.Tensor, val_ids: torch.Tensor
     `progress=True` shows a tqdm bar and prints each evaluation (the command line); notebooks pass False.
     With `checkpoint_path` (and the `tokenizer` to store with it) the model is saved at every evaluation
     and when training is interrupted (Ctrl-C saves, then re-raises), with `meta` added to the checkpoint.
+    With a list `grad_norms`, the gradient norm of every update before clipping (`train_step`) is appended.
 
     Every random draw follows `cfg.seed`: batch order comes from a generator seeded with it, and dropout
     (which takes no generator: `nn.Dropout`, `F.dropout`, SDPA's `dropout_p`) from the global RNG, seeded
@@ -207,6 +286,8 @@ def train(model: torch.nn.Module, train_ids: torch.Tensor, val_ids: torch.Tensor
     val_ids = _check_ids(val_ids, "val_ids", cfg.block_size)
     if checkpoint_path is not None and tokenizer is None:
         raise ValueError("checkpoint_path needs the tokenizer to store with the model (tokenizer=...)")
+    if grad_norms is not None and not isinstance(grad_norms, list):
+        raise ValueError(f"grad_norms must be None or a list to append to, got {describe(grad_norms)}")
 
     if cfg.device is not None:
         model.to(cfg.device)
@@ -242,16 +323,18 @@ def train(model: torch.nn.Module, train_ids: torch.Tensor, val_ids: torch.Tensor
             for step in range(cfg.steps):
                 for group in optimizer.param_groups:
                     group["lr"] = lr_at(step, cfg)
-                x, y = get_batch(train_ids, cfg.batch_size, cfg.block_size, generator)
-                _, loss = model(x.to(device), y.to(device))
-                optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                if cfg.grad_clip > 0:
-                    torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
-                optimizer.step()
+                batches = [get_batch(train_ids, cfg.batch_size, cfg.block_size, generator)
+                           if cfg.sampling == "random" else
+                           window_batch(train_ids, (step * cfg.grad_accum_steps + i) * cfg.batch_size,
+                                        cfg.batch_size, cfg.block_size)
+                           for i in range(cfg.grad_accum_steps)]
+                loss, norm = train_step(model, optimizer, [(x.to(device), y.to(device)) for x, y in batches],
+                                        cfg.grad_clip)
+                if grad_norms is not None:
+                    grad_norms.append(norm)
                 done = step + 1
                 bar.update(1)
-                bar.set_postfix(loss=f"{loss.item():.4f}", refresh=False)
+                bar.set_postfix(loss=f"{loss:.4f}", refresh=False)
                 if done % cfg.eval_interval == 0 or done == cfg.steps:
                     evaluate(done)
         except KeyboardInterrupt:
