@@ -99,6 +99,9 @@ def test_first_adamw_step_hints():
         m1, v1 = 0.1 * grad, 0.001 * grad**2
         return theta * (1 - lr * wd) - lr * m1 / (v1.sqrt() + eps)
 
+    # The first optimizer step of a process imports torch._dynamo, sympy and triton (seconds on a
+    # loaded machine): done once here, so the timed child of the check does not pay for it.
+    adam_l2(torch.zeros(2), torch.ones(2), 1e-3, 0.1, 1e-8)
     assert "L2" in m(adam_l2)
     assert "bias correction" in m(no_bias_correction)
     assert "multiplied by the learning rate" in m(lambda t, g, lr, wd, eps: t * (1 - wd) - lr * g / (g.abs() + eps))
