@@ -192,7 +192,7 @@ def test_config_defaults_and_derived_values():
         (dict(positional="rotary"), "positional"),
         (dict(norm="batchnorm"), "norm"),
         (dict(ffn="relu"), "ffn"),
-        (dict(attn_impl="flash"), "attn_impl"),
+        (dict(attn_impl="tiled"), "attn_impl"),
         (dict(positional="rope", d_model=12, n_heads=4), "even head dimension"),
         (dict(dropout=1.0), "dropout"),
         (dict(n_layers=0), "n_layers"),
