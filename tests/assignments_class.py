@@ -5,8 +5,13 @@ garbage), and returns {student: {exercise id: (passed, status)}}, the exact grad
 Nothing here is a fixture file: every submission is built from book/05_self_attention.ipynb.
 """
 import copy
+import io
 import json
+import os
 import pathlib
+import subprocess
+import sys
+import zipfile
 
 from transformer_course.assignments import release
 from transformer_course.assignments.cells import find_exercises, read_notebook
@@ -15,6 +20,12 @@ BOOK = pathlib.Path(__file__).resolve().parents[1] / "book"
 NOTEBOOK = "05_self_attention.ipynb"
 ATT, PRE, SCA = "ex-05-attention", "ex-05-prefix", "ex-05-scale"
 POINTS = {ATT: 1.0, PRE: 2.0, SCA: 2.0}
+
+# Whether the sandbox gets a mount namespace here (as root: unshare(CLONE_NEWNS); not as root, inside a user
+# namespace). Where it does not, the book and the other submissions stay readable: the documented fallback.
+MOUNTS = subprocess.run(
+    [sys.executable, "-c", "import ctypes, os, sys; sys.exit(ctypes.CDLL(None).unshare(0x20000 if os.geteuid() == 0 "
+                           "else 0x10000000 | 0x40000000 | 0x20000) != 0)"]).returncode == 0
 
 OK = (True, "passed")
 FAIL = (False, "failed")
@@ -177,6 +188,134 @@ def unit_variance_scale(d_k, sigma_q, sigma_k):
 """
 
 
+def _steal(name, path):
+    """Read the solution of `name` from a notebook the sandbox should hide, and run it."""
+    return f"""\
+def {name}(*args, **kwargs):
+    import json
+    for cell in json.load(open({str(path)!r}))["cells"]:
+        text = "".join(cell["source"])
+        if cell["cell_type"] == "code" and "def {name}" in text:
+            space = dict(globals())
+            exec(text, space)
+            return space["{name}"](*args, **kwargs)
+"""
+
+
+HELPER_BELOW = """\
+def single_head_attention(q, k, v, causal):
+    return _attend(q, k, v, causal)
+
+def _attend(q, k, v, causal):
+    scores = q @ k.transpose(-2, -1) / math.sqrt(q.shape[-1])
+    if causal:
+        T = scores.shape[-1]
+        scores = scores.masked_fill(torch.ones(T, T, dtype=torch.bool).triu(1), float("-inf"))
+    return torch.softmax(scores, dim=-1) @ v
+"""
+DISPLAY = """\
+def prefix_lm_mask(T, n_prefix):
+    query = torch.arange(T)[:, None]
+    key = torch.arange(T)[None, :]
+    return (key <= query) | (key < n_prefix)
+
+display(prefix_lm_mask(4, 2))
+get_ipython().run_line_magic("time", "prefix_lm_mask(4, 2)")
+"""
+NOT_REALLY = """\
+if False:
+    def unit_variance_scale(d_k, sigma_q, sigma_k):
+        return 1.0 / (math.sqrt(d_k) * sigma_q * sigma_k)
+"""
+
+
+def _zip_bomb() -> str:
+    """A reply forged from inside the answer (the request id read off the child's stack), re-zipped with
+    ZIP_DEFLATED: 64 MiB of zeros in 64 KiB. The grader must refuse it before decoding."""
+    buffer = io.BytesIO()
+    import torch
+
+    torch.save({"id": (0, 0), "ok": True, "value": torch.zeros(1 << 24), "error": None}, buffer)
+    plain, out = zipfile.ZipFile(io.BytesIO(buffer.getvalue())), io.BytesIO()
+    with zipfile.ZipFile(out, "w", compression=zipfile.ZIP_DEFLATED) as z:
+        for info in plain.infolist():
+            z.writestr(info.filename, plain.read(info.filename), compress_type=zipfile.ZIP_DEFLATED)
+    return f"""\
+_BOMB = {out.getvalue()!r}
+
+def single_head_attention(q, k, v, causal):
+    import fcntl, os, struct, sys
+    ident = sys._getframe(1).f_locals["ident"]   # the request being answered, in the sandbox's own loop
+    for fd in range(3, 30):
+        try:
+            if os.readlink(f"/proc/self/fd/{{fd}}").startswith("pipe:") and fcntl.fcntl(fd, fcntl.F_GETFL) & 3 == 1:
+                os.write(fd, b"TCG1" + struct.pack("<Qqq", len(_BOMB), *ident) + _BOMB)
+        except OSError:
+            pass
+    return q
+"""
+
+
+FRAME_AT_TOP = """\
+import fcntl, os, struct
+for fd in range(3, 30):
+    try:
+        if os.readlink(f"/proc/self/fd/{fd}").startswith("pipe:") and fcntl.fcntl(fd, fcntl.F_GETFL) & 3 == os.O_WRONLY:
+            os.write(fd, b"TCG1" + struct.pack("<Qqq", 4, 0, 0) + b"junk")
+    except OSError:
+        pass
+
+def single_head_attention(q, k, v, causal):
+    return q
+"""
+
+
+def _private_files(stem):
+    return f"""\
+for folder in ("/tmp", "/dev/shm", "/var/tmp"):
+    try:
+        with open(f"{{folder}}/{stem}", "wb") as f:
+            f.write(b"x" * (8 << 20))
+    except OSError:
+        pass
+
+def unit_variance_scale(d_k, sigma_q, sigma_k):
+    return 1.0 / (math.sqrt(d_k) * sigma_q * sigma_k)
+"""
+
+
+DAEMON = """\
+import os, time
+if os.fork() == 0:
+    os.setsid()
+    if os.fork() == 0:             # a daemon, in no process group the grader knows
+        for _ in range(1200):
+            time.sleep(0.05)
+            if os.path.exists(GRADES):
+                time.sleep(0.5)
+                with open(GRADES, "a") as f:
+                    f.write("mallory,05_self_attention.ipynb,ex-05-attention,100,1.0,True,passed,,0\\n")
+                break
+    os._exit(0)
+
+def unit_variance_scale(d_k, sigma_q, sigma_k):
+    return 1.0 / (math.sqrt(d_k) * sigma_q * sigma_k)
+"""
+
+
+def daemon_class(folder, gradebook) -> dict:
+    """Two students for the fallback: one leaves a daemon that waits for grades.csv to rewrite it."""
+    folder = pathlib.Path(folder)
+    nb, where = _source_notebook()
+    students = {"d01_correct": (nb, {ATT: OK, PRE: OK, SCA: OK}),
+                "d02_daemon": (_with(nb, where, {SCA: f"GRADES = {str(gradebook)!r}\n" + DAEMON}),
+                               {ATT: OK, PRE: OK, SCA: OK})}
+    for name, (notebook, _) in students.items():
+        (folder / name).mkdir(parents=True)
+        (folder / name / NOTEBOOK).write_text(json.dumps(notebook))
+    return {name: expected for name, (_, expected) in students.items()}
+
+
 def _source_notebook():
     nb = read_notebook(BOOK / NOTEBOOK)
     return nb, {e["id"]: e for e in find_exercises(nb)}
@@ -242,6 +381,28 @@ def make_class(folder, victim, gradebook) -> dict:
     helper["cells"].append({"cell_type": "code", "metadata": {}, "execution_count": None, "outputs": [],
                             "source": HELPER_CELL.splitlines(keepends=True)})
     add("s23_helper", helper, {ATT: OK, PRE: OK, SCA: OK})
+    # reading the book's solutions and another student's notebook: hidden by the sandbox's mount namespace
+    stolen = (False, "failed") if MOUNTS else OK
+    other = stolen if MOUNTS or os.geteuid() != 0 else FAIL  # as root, the test's tmp folder is root's only
+    add("s24_reads_book", _with(nb, where, {ATT: _steal("single_head_attention", BOOK / NOTEBOOK),
+                                            SCA: _steal("unit_variance_scale", BOOK / NOTEBOOK),
+                                            PRE: _steal("prefix_lm_mask", folder / "s01_correct" / NOTEBOOK)}),
+        {ATT: stolen, PRE: other, SCA: stolen})
+    unreadable = {ATT: (False, "unreadable"), PRE: (False, "unreadable"), SCA: (False, "unreadable")}
+    (folder / "s25_symlink").mkdir()
+    (folder / "s25_symlink" / NOTEBOOK).symlink_to(BOOK / NOTEBOOK)
+    students["s25_symlink"] = unreadable
+    (folder / "s26_fifo").mkdir()
+    os.mkfifo(folder / "s26_fifo" / NOTEBOOK)
+    students["s26_fifo"] = unreadable
+    add("s27_zip_bomb", _with(nb, where, {ATT: _zip_bomb()}), {ATT: (False, "crashed"), PRE: OK, SCA: OK})
+    add("s28_frame_at_top", _with(nb, where, {ATT: FRAME_AT_TOP}), {ATT: (False, "crashed"), PRE: OK, SCA: OK})
+    add("s29_helper_below", _with(nb, where, {ATT: HELPER_BELOW}), {ATT: OK, PRE: OK, SCA: OK})
+    add("s30_display", _with(nb, where, {PRE: DISPLAY}), {ATT: OK, PRE: OK, SCA: OK})
+    add("s31_nested", '{"cells": ' + "[" * 100_000 + "]" * 100_000 + "}", unreadable)
+    add("s32_tmp_files", _with(nb, where, {SCA: _private_files(f"tc-class-{folder.parent.name}")}),
+        {ATT: OK, PRE: OK, SCA: OK})
+    add("s33_if_false", _with(nb, where, {SCA: NOT_REALLY}), {ATT: OK, PRE: OK, SCA: (False, "missing")})
     return students
 
 

@@ -1,15 +1,17 @@
-"""Grading a generated class of 23 submissions (tests/assignments_class.py): the exact grade of each.
+"""Grading a generated class of 33 submissions (tests/assignments_class.py): the exact grade of each.
 
 The limits are small so that the class grades in about a minute: 8 s per exercise, 64 processes. The bad
 submissions (endless loops, a 4 GB allocation, a fork bomb, 100 MB of output, os.remove outside the scratch
-directory, writing the gradebook, patching the checker, os._exit) must each lose only their own points.
+directory, writing the gradebook, patching the checker, os._exit, reading the book's solutions, a symlink, a
+FIFO, a zip bomb, forged frames, deep JSON, files in /tmp and /dev/shm) must each lose only their own points.
+A second, two-student class runs in the fallback with every namespace refused: a daemon it leaves is killed.
 """
 import os
 import time
 
 import pytest
 
-from assignments_class import NOTEBOOK, expected_points, make_class
+from assignments_class import MOUNTS, NOTEBOOK, daemon_class, expected_points, make_class
 from transformer_course.assignments.__main__ import main
 from transformer_course.assignments.report import read_csv
 from transformer_course.assignments.sandbox import live_processes
@@ -69,7 +71,17 @@ def test_hints_name_the_mistake(graded):
     assert "did not finish within 5 s" in hint("s12_loop_in_fn", "ex-05-prefix")
     assert "allocate" in hint("s13_4gb", "ex-05-attention") or "Memory" in hint("s13_4gb", "ex-05-attention")
     assert "File too large" in hint("s15_prints", "ex-05-scale")
-    assert "PermissionError" in hint("s16_os_remove", "ex-05-scale")
+    # the victim lies in the test's tmp folder: under the sandbox's private /tmp it is not even there
+    assert ("FileNotFoundError" if MOUNTS else "PermissionError") in hint("s16_os_remove", "ex-05-scale")
+    if MOUNTS:
+        assert "No such file" in hint("s24_reads_book", "ex-05-attention")
+        assert "No such file" in hint("s24_reads_book", "ex-05-prefix")
+    assert "symlink" in hint("s25_symlink", "ex-05-attention") or "outside" in hint("s25_symlink", "ex-05-attention")
+    assert "not a regular file" in hint("s26_fifo", "ex-05-attention")
+    assert "compressed answer" in hint("s27_zip_bomb", "ex-05-attention")
+    assert "did not ask" in hint("s28_frame_at_top", "ex-05-attention")
+    assert "nested too deeply" in hint("s31_nested", "ex-05-attention")
+    assert "did not define unit_variance_scale" in hint("s33_if_false", "ex-05-scale")
     assert "patched" not in hint("s18_monkeypatch", "ex-05-prefix")
     assert "could not be read" in hint("s22_not_json", "ex-05-attention")
 
@@ -84,6 +96,26 @@ def test_no_submission_reaches_outside_its_sandbox(graded):
     time.sleep(0.2)
     left = [p for uid in range(UID, UID + 256) for p in live_processes(uid)]
     assert not left, f"processes of the sandbox uids still running: {left}"
+    stem = f"tc-class-{results.parent.name}"  # what s32_tmp_files wrote in /tmp, /dev/shm and /var/tmp
+    planted = [f"{d}/{stem}" for d in ("/tmp", "/dev/shm", "/var/tmp") if os.path.exists(f"{d}/{stem}")]
+    for path in planted:
+        os.remove(path)
+    assert not planted if MOUNTS else True, f"files outside the private tmpfs survived: {planted}"
+
+
+def test_a_daemon_left_in_the_fallback_is_killed(tmp_path, monkeypatch):
+    """Every namespace refused (TC_SANDBOX_FALLBACK=2): the grader is the orphans' subreaper and kills them,
+    and writes grades.csv only once no process of a submission is alive."""
+    release, submissions, results = tmp_path / "release", tmp_path / "submissions", tmp_path / "results"
+    assert main(["release", "--chapters", "05", "--out", str(release)]) == 0
+    expected = daemon_class(submissions, results / "grades.csv")
+    monkeypatch.setenv("TC_SANDBOX_FALLBACK", "2")
+    assert main(["grade", str(submissions), "--manifest", str(release / "manifest.json"), "--out", str(results),
+                 "--wall", "8", "--no-progress"]) == 0
+    time.sleep(1.5)  # the daemon, were it alive, writes 0.5 s after grades.csv appears
+    rows = read_csv(results / "grades.csv")
+    assert {(r["student"], r["exercise"]): (r["passed"] == "True", r["status"]) for r in rows} == \
+        {(s, ex): v for s, exs in expected.items() for ex, v in exs.items()}
 
 
 def test_report_is_static_and_complete(graded):

@@ -80,3 +80,33 @@ def test_grade_writes_only_under_out(tmp_path, release_dir):
     assert sorted(os.listdir(tmp_path)) == sorted(before[0] + ["results"])
     assert sorted(os.listdir(release_dir)) == before[1]
     assert sorted(os.listdir(subs)) == ["ann"] and os.listdir(subs / "ann") == ["05_self_attention.ipynb"]
+
+
+def test_planted_symlinks_in_out_are_refused(tmp_path, release_dir, capsys):
+    """A pre-created --out (or --out/feedback) that is a symlink would send root's writes elsewhere."""
+    subs = tmp_path / "subs"
+    (subs / "ann").mkdir(parents=True)
+    (subs / "ann" / "05_self_attention.ipynb").write_text("{}")
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    (tmp_path / "linked").symlink_to(elsewhere)
+    results = tmp_path / "results"
+    results.mkdir()
+    (results / "feedback").symlink_to(elsewhere)
+    manifest = str(release_dir / "manifest.json")
+    for out, message in ((tmp_path / "linked", "linked is a symlink"), (results, "feedback is a symlink")):
+        assert main(["grade", str(subs), "--manifest", manifest, "--out", str(out), "--no-progress"]) == 2
+        assert message in capsys.readouterr().err
+    assert os.listdir(elsewhere) == []
+
+
+def test_world_writable_folders_leave_sys_path(tmp_path, monkeypatch):
+    """`python -m` from /tmp would import a module planted there: such folders are dropped from sys.path."""
+    from transformer_course.assignments.__main__ import _drop_writable_paths
+
+    open_folder = tmp_path / "open"
+    open_folder.mkdir()
+    os.chmod(open_folder, 0o777)
+    monkeypatch.setattr(sys, "path", [str(open_folder), *sys.path])
+    _drop_writable_paths()
+    assert str(open_folder) not in sys.path

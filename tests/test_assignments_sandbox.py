@@ -1,8 +1,10 @@
 """The sandbox's limits, one at a time: as root (privilege drop, namespaces) and in the documented fallback.
 
 The fallback (`TC_SANDBOX_FALLBACK=1`, what a grader not running as root gets) keeps no privilege drop and no PID
-namespace; the memory, CPU, output, wall-clock and scratch-directory limits must still hold.
+namespace; the memory, CPU, output, wall-clock and scratch-directory limits must still hold. `refused`
+(`TC_SANDBOX_FALLBACK=2`) is the fallback on a host that refuses every namespace.
 """
+import io
 import os
 import socket
 import subprocess
@@ -11,7 +13,9 @@ import time
 
 import pytest
 
-from transformer_course.assignments.sandbox import Limits, Sandbox, SandboxError, live_processes
+from transformer_course.assignments.cells import read_notebook
+from transformer_course.assignments.sandbox import (Limits, Sandbox, SandboxError, check_payload, live_processes,
+                                                    repository_folders)
 
 PREAMBLE = "import math\nimport torch\n"
 ROOT = os.geteuid() == 0
@@ -20,6 +24,13 @@ ROOT = os.geteuid() == 0
 NAMESPACES = ROOT and subprocess.run(
     [sys.executable, "-c", "import ctypes, sys; sys.exit(ctypes.CDLL(None).unshare(0x40000000) != 0)"]
 ).returncode == 0
+
+# A mount namespace: as root, unshare(CLONE_NEWNS); in the fallback, inside a user namespace.
+MOUNTS_ROOT = ROOT and subprocess.run(
+    [sys.executable, "-c", "import ctypes, sys; sys.exit(ctypes.CDLL(None).unshare(0x20000) != 0)"]).returncode == 0
+MOUNTS_USER = subprocess.run(
+    [sys.executable, "-c", "import ctypes, sys; sys.exit(ctypes.CDLL(None).unshare(0x10000000 | 0x40000000 | 0x20000)"
+                           " != 0)"]).returncode == 0
 
 pytestmark = pytest.mark.skipif(os.name != "posix", reason="the sandbox needs POSIX")
 
@@ -38,6 +49,15 @@ def mode(request, monkeypatch):
         pytest.skip("the privileged path needs root")
     if request.param == "fallback":
         monkeypatch.setenv("TC_SANDBOX_FALLBACK", "1")
+    return request.param
+
+
+@pytest.fixture(params=["root", "fallback", "refused"])
+def any_mode(request, monkeypatch):
+    if request.param == "root" and not ROOT:
+        pytest.skip("the privileged path needs root")
+    if request.param != "root":
+        monkeypatch.setenv("TC_SANDBOX_FALLBACK", "1" if request.param == "fallback" else "2")
     return request.param
 
 
@@ -139,3 +159,97 @@ def test_a_module_changed_in_place_comes_back(mode):
     assert got is model and model[1].flag == "changed" and model[1].weight is not model[0].weight
     assert isinstance(model[1].weight, nn.Parameter)
     assert torch.equal(model[1].weight, model[0].weight + 1)
+
+
+def test_the_book_and_the_class_are_hidden(any_mode, tmp_path):
+    """Finding 1 and 6 of the red team: a mount namespace covers the book, tests, the submissions, and gives
+    private, size-capped /tmp, /dev/shm and scratch; where it is refused, isolation says so (the fallback)."""
+    secret = tmp_path / "submissions"
+    secret.mkdir()
+    (secret / "other.ipynb").write_text("{}")
+    os.chmod(tmp_path, 0o755)
+    expected = {"root": MOUNTS_ROOT, "fallback": MOUNTS_USER, "refused": False}[any_mode]
+    book = repository_folders()[0]
+    stem = f"tc-hidden-{os.getpid()}-{any_mode}"
+    with Sandbox(PREAMBLE, Limits(disk_mib=8), hide=[secret]) as sb:
+        info = sb.isolation
+        assert info["mount_namespace"] == expected
+        code = (f"import os\nseen = (os.path.exists({book!r} + '/05_self_attention.ipynb'), "
+                f"os.path.exists({str(secret / 'other.ipynb')!r}))\n"
+                f"for d in ('/tmp', '/dev/shm'):\n    open(d + '/{stem}', 'wb').write(b'x')\n"
+                f"import transformer_course.exercises.ch05")
+        assert run(sb, code)["ok"]  # the package stays importable
+        seen = get(sb, "seen")
+        if expected:
+            assert seen == (False, False)
+            assert book in info["hidden"] and str(secret.resolve()) in info["hidden"]
+            assert {"/tmp", "/dev/shm", sb.scratch} <= set(info["private_tmp"])
+            reply = run(sb, "open('/dev/shm/big', 'wb').write(b'x' * (9 << 20))")  # over the 8 MiB tmpfs
+            assert not reply["ok"] and "No space left" in reply["error"]
+        else:  # the documented fallback: nothing hidden, and it says so
+            assert seen[0] and book in info["not_hidden"] and info["hidden"] == []
+    planted = [f"{d}/{stem}" for d in ("/tmp", "/dev/shm") if os.path.exists(f"{d}/{stem}")]
+    for path in planted:
+        os.remove(path)
+    assert not planted if expected else len(planted) == 2
+
+
+def test_a_daemon_is_killed_on_close(any_mode):
+    """Finding 5: a double fork and setsid leave the process group; close() kills it all the same (the
+    grading process is the orphans' subreaper; as root, the uid's processes are killed too)."""
+    code = ("import os, time\nr, w = os.pipe()\nif os.fork() == 0:\n    os.setsid()\n    pid = os.fork()\n"
+            "    if pid == 0:\n        time.sleep(300)\n    os.write(w, str(pid).encode())\n    os._exit(0)\n"
+            "time.sleep(0.5)\nos.close(w)\ndaemon = int(os.read(r, 32))\n")
+    with Sandbox(PREAMBLE, Limits()) as sb:
+        assert run(sb, code)["ok"]
+        daemon = get(sb, "daemon")
+        inside = sb.isolation.get("pid_namespace")
+    if not inside:  # a pid of our namespace: it must be gone (or a zombie)
+        time.sleep(0.2)
+        assert not os.path.exists(f"/proc/{daemon}") or open(f"/proc/{daemon}/stat").read().split()[2] in "ZX"
+
+
+def test_zip_bombs_and_foreign_frames_are_refused():
+    """Finding 3: a deflated reply is refused before decoding, whatever its size; so is one over the cap."""
+    import zipfile
+
+    import torch
+
+    buffer = io.BytesIO()
+    torch.save({"value": torch.zeros(1 << 16)}, buffer)
+    check_payload(buffer.getvalue(), 1 << 20)
+    with pytest.raises(ValueError, match="over|more than"):
+        check_payload(buffer.getvalue(), 1 << 10)
+    plain, out = zipfile.ZipFile(io.BytesIO(buffer.getvalue())), io.BytesIO()
+    with zipfile.ZipFile(out, "w", compression=zipfile.ZIP_DEFLATED) as z:
+        for entry in plain.infolist():
+            z.writestr(entry.filename, plain.read(entry.filename))
+    with pytest.raises(ValueError, match="compressed"):
+        check_payload(out.getvalue(), 1 << 30)
+    with pytest.raises(ValueError, match="not an answer"):
+        check_payload(b"junk", 1 << 30)
+
+
+def test_only_regular_notebooks_are_read(tmp_path):
+    """Findings 2, 4 and 9: symlinks, FIFOs, hard links, folders leading elsewhere, oversized and deeply nested
+    files are refused with a reason (the grade reports them as unreadable)."""
+    good = tmp_path / "class" / "good.ipynb"
+    good.parent.mkdir()
+    good.write_text('{"cells": []}')
+    assert read_notebook(good, tmp_path / "class") == {"cells": []}
+    (tmp_path / "class" / "link.ipynb").symlink_to(good)
+    os.mkfifo(tmp_path / "class" / "fifo.ipynb")
+    os.link(good, tmp_path / "hard.ipynb")
+    (tmp_path / "outside").mkdir()
+    (tmp_path / "outside" / "x.ipynb").write_text('{"cells": []}')
+    (tmp_path / "class" / "dir").symlink_to(tmp_path / "outside")
+    (tmp_path / "class" / "deep.ipynb").write_text('{"cells": ' + "[" * 100_000 + "]" * 100_000 + "}")
+    (tmp_path / "class" / "big.ipynb").write_text('{"cells": []}' + " " * (2 << 20))
+    for name, reason in (("link.ipynb", "symlink"), ("fifo.ipynb", "not a regular file"),
+                         ("dir/x.ipynb", "outside"), ("deep.ipynb", "nested too deeply")):
+        with pytest.raises(ValueError, match=reason):
+            read_notebook(tmp_path / "class" / name, tmp_path / "class")
+    with pytest.raises(ValueError, match="hard link"):
+        read_notebook(good)
+    with pytest.raises(ValueError, match="cap"):
+        read_notebook(tmp_path / "class" / "big.ipynb", max_mib=1)

@@ -1,7 +1,8 @@
 """`python -m transformer_course.assignments release|grade|table ...`: see book/instructors.md.
 
 Bad arguments (a missing folder, a bad chapter list, a bad manifest, --out inside the submissions) give one
-line on stderr and exit code 2, never a traceback. Nothing is written outside --out.
+line on stderr and exit code 2, never a traceback. The grader writes only in --out (and its sandboxes' scratch
+folders, removed at the end); a --out or --out/feedback that is a symlink is refused.
 """
 import argparse
 import pathlib
@@ -35,6 +36,8 @@ def _parser() -> argparse.ArgumentParser:
     g.add_argument("--output", type=int, default=d.output_mib, help=f"MiB a submission may write (default "
                                                                     f"{d.output_mib})")
     g.add_argument("--nproc", type=int, default=d.nproc, help=f"processes and threads (default {d.nproc})")
+    g.add_argument("--disk", type=int, default=d.disk_mib, help=f"MiB of each private tmpfs: scratch, /tmp, /var/tmp, "
+                                                                f"/dev/shm (default {d.disk_mib})")
     g.add_argument("--uid", type=int, default=d.uid, help=f"first unprivileged uid, one per job (default {d.uid})")
     g.add_argument("--no-progress", action="store_true", help="no progress bar")
     t = sub.add_parser("table", help="print table.py's source, read from the chapters")
@@ -47,7 +50,23 @@ def _inside(path: pathlib.Path, folder: pathlib.Path) -> bool:
     return path == folder or folder in path.parents
 
 
+def _drop_writable_paths() -> None:
+    """`python -m` puts the working folder first on sys.path: if others may write there (/tmp, say), a module
+    planted in it would be imported by the grader (and its spawned workers) instead of the real one."""
+    import os
+    import stat
+
+    for entry in list(sys.path):
+        try:
+            mode = os.stat(entry or ".").st_mode
+        except OSError:
+            continue
+        if stat.S_ISDIR(mode) and mode & stat.S_IWOTH:
+            sys.path.remove(entry)
+
+
 def main(argv=None) -> int:
+    _drop_writable_paths()
     args = _parser().parse_args(argv)
     try:
         return _run(args)
@@ -105,20 +124,29 @@ def _run(args) -> int:
     except manifest_module.ManifestError as exc:
         raise UsageError(str(exc)) from None
     for name, value in (("--jobs", args.jobs), ("--cpu", args.cpu), ("--memory", args.memory),
-                        ("--output", args.output), ("--nproc", args.nproc)):
+                        ("--output", args.output), ("--nproc", args.nproc), ("--disk", args.disk)):
         if value < 1:
             raise UsageError(f"{name} must be at least 1, got {value}")
     if not args.wall > 0:
         raise UsageError(f"--wall must be positive, got {args.wall}")
+    for folder in (out, out / "feedback"):  # checked again when writing
+        if folder.is_symlink():
+            raise UsageError(f"{folder} is a symlink: the results are not written through it")
     limits = Limits(wall_s=args.wall, cpu_s=args.cpu, memory_mib=args.memory, output_mib=args.output,
-                    nproc=args.nproc, uid=args.uid)
+                    nproc=args.nproc, uid=args.uid, disk_mib=args.disk)
     start = time.monotonic()
-    rows = grade_all(submissions, manifest, limits, jobs=args.jobs, progress=not args.no_progress)
+    hide = [pathlib.Path(args.manifest).resolve().parent, out.resolve()]  # covered in the sandboxes
+    try:
+        rows = grade_all(submissions, manifest, limits, jobs=args.jobs, progress=not args.no_progress, hide=hide)
+    except RuntimeError as exc:
+        raise UsageError(str(exc)) from None
     if not rows:
         raise UsageError(f"no submissions found in {submissions} (a folder per student, holding "
                          f"{', '.join(sorted(manifest['notebooks']))})")
-    out.mkdir(parents=True, exist_ok=True)
-    write_results(rows, out)
+    try:
+        write_results(rows, out)
+    except ValueError as exc:
+        raise UsageError(str(exc)) from None
     students = totals(rows)
     print(f"graded {len(students)} students, {len(rows)} answers in {time.monotonic() - start:.0f} s: "
           f"{sum(r.passed for r in rows)} passed; results in {out}/")

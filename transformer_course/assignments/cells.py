@@ -8,7 +8,9 @@ Leaves out: IPython semantics beyond dropping `%magic` and `!shell` lines; names
 import ast
 import builtins
 import json
+import os
 import re
+import stat
 
 EXERCISE_LABEL = re.compile(r"\{exercise\}[^\n]*\n(?:\s*:[^\n]*\n)*?\s*:label:\s*(ex-\d\d-[\w-]+)")
 SOLUTION_START = re.compile(r"\{solution-start\}\s*(ex-\d\d-[\w-]+)")
@@ -16,13 +18,44 @@ SOLUTION_END = re.compile(r"\{solution-end\}")
 BUILTINS = frozenset(dir(builtins)) | {"__name__", "__file__", "display", "get_ipython"}
 
 
-def read_notebook(path) -> dict:
-    """The notebook at `path` as a dict; raises ValueError naming what is wrong (not JSON, no cells)."""
+MAX_NOTEBOOK_MIB = 50  # a larger submission is reported unreadable, not read
+
+
+def read_notebook(path, folder=None, max_mib: float = MAX_NOTEBOOK_MIB) -> dict:
+    """The notebook at `path` as a dict; raises ValueError naming what is wrong (not JSON, no cells, ...).
+
+    Only a regular file is read: not a symlink (opened with O_NOFOLLOW), not a FIFO or device (O_NONBLOCK, then
+    fstat), not a hard link to a file elsewhere, not larger than `max_mib`, and, given `folder`, not a path
+    that resolves outside `folder` (a student's folder that is a symlink).
+    """
+    if folder is not None:
+        real, top = os.path.realpath(path), os.path.realpath(folder)
+        if os.path.commonpath([real, top]) != top:
+            raise ValueError(f"not read: the path leads outside the submissions folder (to {real})")
     try:
-        with open(path, encoding="utf-8") as f:
-            nb = json.load(f)
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise ValueError(f"not a readable notebook ({type(exc).__name__}: {exc})") from None
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+    except OSError as exc:
+        why = "it is a symlink" if os.path.islink(path) else exc.strerror or str(exc)
+        raise ValueError(f"not a readable notebook ({why})") from None
+    try:
+        info = os.fstat(fd)
+        if not stat.S_ISREG(info.st_mode):
+            raise ValueError("not a readable notebook (not a regular file)")
+        if info.st_nlink > 1:
+            raise ValueError("not read: the file is a hard link to another file")
+        cap = int(max_mib * (1 << 20))
+        if info.st_size > cap:
+            raise ValueError(f"not read: the file is {info.st_size / (1 << 20):.0f} MiB, over the {max_mib:g} MiB cap")
+        with os.fdopen(os.dup(fd), "rb") as f:
+            data = f.read(cap + 1)
+        if len(data) > cap:
+            raise ValueError(f"not read: the file is over the {max_mib:g} MiB cap")
+        nb = json.loads(data.decode("utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError, RecursionError, MemoryError) as exc:
+        text = "nested too deeply" if isinstance(exc, RecursionError) else f"{type(exc).__name__}: {exc}"
+        raise ValueError(f"not a readable notebook ({text})") from None
+    finally:
+        os.close(fd)
     if not isinstance(nb, dict) or not isinstance(nb.get("cells"), list):
         raise ValueError("not a notebook: the JSON has no list of cells")
     return nb

@@ -16,12 +16,13 @@ import ast
 import builtins
 import concurrent.futures
 import multiprocessing
+import os
 import pathlib
 import time
 from dataclasses import dataclass
 
 from .cells import defined_names, read_notebook
-from .sandbox import Limits, Sandbox, SandboxError
+from .sandbox import Limits, Sandbox, SandboxError, clock_ticks, kill_strays, set_subreaper
 from .submission import parse_cells, plan
 
 _SLOTS = None  # a worker's grading slot (0, 1, ...): its sandbox uid is Limits.uid + slot
@@ -107,8 +108,10 @@ def _status(result, answer) -> str:
     return "failed"
 
 
-def grade_notebook(student: str, notebook_name: str, path, manifest: dict, limits: Limits, slot: int = 0) -> list:
-    """The rows of one student's notebook: one per exercise the manifest lists for it."""
+def grade_notebook(student: str, notebook_name: str, path, manifest: dict, limits: Limits, slot: int = 0,
+                   folder=None, hide=()) -> list:
+    """The rows of one student's notebook: one per exercise the manifest lists for it. `folder`: the submissions
+    folder (a path resolving outside it is not read); `hide`: folders the sandbox covers (see `Sandbox`)."""
     info = manifest["notebooks"][notebook_name]
     ids = info["exercises"]
     rows = []
@@ -124,7 +127,7 @@ def grade_notebook(student: str, notebook_name: str, path, manifest: dict, limit
             row(ex, "not-submitted", f"no {notebook_name} was submitted", 0.0)
         return rows
     try:
-        nb = read_notebook(path)
+        nb = read_notebook(path, folder)
     except ValueError as exc:
         for ex in ids:
             row(ex, "unreadable", f"the notebook could not be read: {exc}", 0.0)
@@ -149,7 +152,7 @@ def grade_notebook(student: str, notebook_name: str, path, manifest: dict, limit
                 if sandbox is None or not sandbox.alive:
                     if sandbox is not None:
                         sandbox.close()
-                    sandbox = Sandbox(preamble, limits, slot)
+                    sandbox = Sandbox(preamble, limits, slot, hide=hide)
                     sandbox.start()
                 deadline = time.monotonic() + limits.wall_s
                 reply = sandbox.request("exec", deadline, ns=ex, code=p.code)
@@ -158,6 +161,10 @@ def grade_notebook(student: str, notebook_name: str, path, manifest: dict, limit
                         time.monotonic() - start)
                     continue
                 kind = sandbox.request("kind", deadline, ns=ex, name=entry["name"])["value"]
+                if kind == "missing":
+                    row(ex, "missing", f"your cells ran but did not define {entry['name']} (a statement it needs "
+                        f"uses a name no cell defines?)", time.monotonic() - start)
+                    continue
                 if kind == "function":
                     answer = RemoteFunction(sandbox, ex, entry["name"], deadline)
                 else:
@@ -191,19 +198,21 @@ def grade_notebook(student: str, notebook_name: str, path, manifest: dict, limit
 def find_submissions(directory, manifest: dict) -> list:
     """`[(student, notebook name, path or None)]`: a folder per student holding the released notebooks by name
     (or, for a one-notebook release, any single .ipynb), or, for a one-notebook release, STUDENT.ipynb files."""
-    directory = pathlib.Path(directory)
+    directory = pathlib.Path(directory)  # symlinks and files other than regular ones: read_notebook refuses them
     names = sorted(manifest["notebooks"])
     found = []
     for entry in sorted(directory.iterdir()):
         if entry.name.startswith("."):
             continue
-        if entry.is_dir():
+        if entry.is_dir() and not entry.is_symlink():
             notebooks = sorted(p for p in entry.iterdir() if p.suffix == ".ipynb" and not p.name.startswith("."))
             for name in names:
                 path = entry / name
-                if not path.exists() and len(names) == 1 and len(notebooks) == 1:
+                if not os.path.lexists(path) and len(names) == 1 and len(notebooks) == 1:
                     path = notebooks[0]
-                found.append((entry.name, name, path if path.exists() else None))
+                found.append((entry.name, name, path if os.path.lexists(path) else None))
+        elif entry.is_symlink() and entry.is_dir():  # read_notebook reports it: it resolves outside the folder
+            found.extend((entry.name, name, entry / name) for name in names)
         elif entry.suffix == ".ipynb" and len(names) == 1:
             found.append((entry.stem, names[0], entry))
     return found
@@ -212,21 +221,37 @@ def find_submissions(directory, manifest: dict) -> list:
 def _init_worker(slots):
     global _SLOTS
     _SLOTS = slots.get()
+    set_subreaper()  # a submission's orphans (a setsid daemon) become this worker's, for Sandbox.close to kill
     import torch
 
     torch.set_num_threads(1)
 
 
+def _tracker_pid():
+    from multiprocessing import resource_tracker
+
+    return getattr(resource_tracker._resource_tracker, "_pid", None)
+
+
 def _work(args):
-    student, name, path, manifest, limits = args
-    return grade_notebook(student, name, path, manifest, limits, _SLOTS)
+    student, name, path, manifest, limits, folder, hide = args
+    return grade_notebook(student, name, path, manifest, limits, _SLOTS, folder, hide)
 
 
-def grade_all(directory, manifest: dict, limits: Limits = Limits(), jobs: int = 2, progress: bool = True) -> list:
-    """Grade every submission in `directory`, `jobs` at a time; return all rows, sorted by student."""
+def grade_all(directory, manifest: dict, limits: Limits = Limits(), jobs: int = 2, progress: bool = True,
+              hide=()) -> list:
+    """Grade every submission in `directory`, `jobs` at a time; return all rows, sorted by student.
+
+    `hide`: more folders for the sandboxes to cover (the manifest's and the results folder); the submissions
+    folder is always hidden. Returns only once every sandbox is closed and no process they started is alive.
+    """
     from tqdm import tqdm
 
-    work = [(s, n, str(p) if p else None, manifest, limits) for s, n, p in find_submissions(directory, manifest)]
+    since = clock_ticks()
+    set_subreaper()  # a worker's orphans come here when it exits
+    hide = tuple(str(h) for h in (directory, *hide))
+    work = [(s, n, str(p) if p else None, manifest, limits, str(directory), hide)
+            for s, n, p in find_submissions(directory, manifest)]
     rows = []
     context = multiprocessing.get_context("spawn")
     slots = context.Queue()
@@ -247,5 +272,9 @@ def grade_all(directory, manifest: dict, limits: Limits = Limits(), jobs: int = 
                                     f"the grader failed on this notebook ({type(exc).__name__}: {exc})", 0.0))
             bar.update(1)
         bar.close()
+    keep = {p.pid for p in multiprocessing.active_children()} | {_tracker_pid()}
+    left = kill_strays(since, keep)
+    if left:
+        raise RuntimeError(f"processes started by the submissions survived grading: {left}; no results written")
     order = {ex: i for i, ex in enumerate(manifest["exercises"])}
     return sorted(rows, key=lambda r: (r.student, r.notebook, order.get(r.exercise, 0)))

@@ -21,6 +21,7 @@ COLUMNS = [f.name for f in fields(Row)]
 
 
 def write_atomic(path: pathlib.Path, text: str) -> None:
+    # mkstemp creates with O_EXCL (no symlink followed); os.replace swaps the name, never writes through it
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
         with os.fdopen(fd, "w", encoding="utf-8", newline="") as f:
@@ -139,7 +140,11 @@ passed.</p>
 def write_results(rows: list, out) -> None:
     """grades.csv, report.html and feedback/STUDENT.md in `out` (created if needed)."""
     out = pathlib.Path(out)
-    (out / "feedback").mkdir(parents=True, exist_ok=True)
+    out.mkdir(parents=True, exist_ok=True)
+    for folder in (out, out / "feedback"):  # a planted symlink would send root's writes elsewhere
+        if folder.is_symlink():
+            raise ValueError(f"{folder} is a symlink: the results are not written through it")
+    (out / "feedback").mkdir(exist_ok=True)
     write_atomic(out / "grades.csv", csv_text(rows))
     write_atomic(out / "report.html", html_text(rows))
     per_student = defaultdict(list)

@@ -8,18 +8,25 @@ applies `Limits`: `RLIMIT_AS` (memory), `RLIMIT_CPU`, `RLIMIT_FSIZE` (output, in
 interface but a loopback that is down) and a PID namespace with `unshare(2)` through ctypes, and drops to an
 unprivileged uid/gid of its own: each sandbox locks one of `Limits.uid .. Limits.uid + 255` (a lock file in a
 root-only folder), so no two sandboxes of any grading runs on the machine share a uid, and one submission's
-processes never count against another's. The parent enforces the wall-clock limit and ends every run with
-`killpg` plus, as root, a kill of every process left with the sandbox's uid (a child that called `setsid`
-leaves the group, not the uid).
+processes never count against another's. Before the drop it unshares a mount namespace (`_private_mounts`):
+an empty read-only tmpfs over the repository's book/, _build/, tests/ and the `hide` folders (submissions,
+manifest, results), a private tmpfs of `Limits.disk_mib` over /tmp, /var/tmp, /dev/shm and the scratch folder.
+The parent enforces the wall-clock limit and ends every run with `killpg`, a kill of every descendant and of
+every orphan reparented to it (the parent is a subreaper, PR_SET_CHILD_SUBREAPER) plus, as root, of every
+process left with the sandbox's uid.
 
-Not as root, or with `TC_SANDBOX_FALLBACK=1`: no privilege drop and no PID namespace; the network namespace is
-tried through an unprivileged user namespace and otherwise skipped (reported in `Sandbox.isolation`). The
-memory, CPU, output, wall-clock and scratch-directory limits hold in both modes; `RLIMIT_NPROC` counts all of the
-grading user's processes, and the child can read and delete what the grading user can.
+Not as root, or with `TC_SANDBOX_FALLBACK=1`: no privilege drop and no PID namespace; the network and mount
+namespaces are tried inside an unprivileged user namespace and otherwise skipped (`TC_SANDBOX_FALLBACK=2`
+skips them, as a host refusing them would). What was got is in `Sandbox.isolation`. The memory, CPU, output,
+wall-clock and scratch-directory limits and the killing of every descendant hold in every mode; `RLIMIT_NPROC`
+would count all of the grading user's processes (not set), and without namespaces the child can read and
+delete what the grading user can.
 
-The pipe protocol: frames `b"TCG1" + <8-byte length> + payload`. Parent to child: pickle (the child trusts the
-parent). Child to parent: `torch.save` of a plain dict, read with `torch.load(weights_only=True)` under a size
-cap, so nothing the child sends can run code in the parent.
+The pipe protocol: frames `b"TCG1" + <8-byte length> + <request id: two 8-byte ints> + payload`. Parent to
+child: pickle (the child trusts the parent). Child to parent: `torch.save` of a plain dict; a frame answering
+another request than the one awaited kills the child before decoding, the payload must be a zip of stored
+entries within the size cap (`check_payload`: no zip bomb), then `torch.load(weights_only=True)`, so nothing
+the child sends can run code in, or exhaust, the parent.
 Leaves out: seccomp, containers, cgroups; see book/instructors.md for what that means.
 """
 import ctypes
@@ -35,10 +42,14 @@ import subprocess
 import sys
 import tempfile
 import time
+import zipfile
 from dataclasses import asdict, dataclass
 
 MAGIC = b"TCG1"
-CLONE_NEWNET, CLONE_NEWPID, CLONE_NEWUSER = 0x40000000, 0x20000000, 0x10000000
+CLONE_NEWNET, CLONE_NEWPID, CLONE_NEWUSER, CLONE_NEWNS = 0x40000000, 0x20000000, 0x10000000, 0x00020000
+MS_RDONLY, MS_NOSUID, MS_NODEV, MS_REC, MS_PRIVATE = 1, 2, 4, 1 << 14, 1 << 18
+PR_SET_CHILD_SUBREAPER = 36
+PRIVATE_TMP = ("/tmp", "/var/tmp", "/dev/shm")
 MiB = 1 << 20
 
 
@@ -53,6 +64,7 @@ class Limits:
     reply_mib: int = 64           # the largest answer the parent accepts from the child
     startup_s: float = 90.0       # starting Python, torch and the preamble
     uid: int = 64000              # first uid/gid for the privilege drop; each sandbox locks one of uid .. uid+255
+    disk_mib: int = 64            # size of each private tmpfs (scratch, /tmp, /var/tmp, /dev/shm) with namespaces
 
 
 class SandboxError(Exception):
@@ -67,8 +79,30 @@ def fallback_forced() -> bool:
     return os.environ.get("TC_SANDBOX_FALLBACK", "") not in ("", "0")
 
 
-def _frame(payload: bytes) -> bytes:
-    return MAGIC + struct.pack("<Q", len(payload)) + payload
+def namespaces_refused() -> bool:
+    """`TC_SANDBOX_FALLBACK=2`: the fallback as on a host that refuses every namespace (for the tests)."""
+    return os.environ.get("TC_SANDBOX_FALLBACK", "") == "2"
+
+
+HEADER = 28  # MAGIC, the payload's length, the request id (pid, number) it answers
+
+
+def _frame(payload: bytes, ident=(0, 0)) -> bytes:
+    return MAGIC + struct.pack("<Qqq", len(payload), *ident) + payload
+
+
+def check_payload(payload: bytes, cap: int) -> None:
+    """Refuse, before torch.load decodes it, a reply that is not a zip of stored (uncompressed) entries adding
+    up to at most `cap` bytes: a deflated entry could decode to gigabytes (a zip bomb)."""
+    try:
+        with zipfile.ZipFile(io.BytesIO(payload)) as z:
+            entries = z.infolist()
+    except (zipfile.BadZipFile, ValueError, OSError) as exc:
+        raise ValueError(f"not an answer ({exc})") from None
+    if any(e.compress_type != zipfile.ZIP_STORED or e.file_size != e.compress_size for e in entries):
+        raise ValueError("a compressed answer (the grader accepts stored entries only)")
+    if sum(e.file_size for e in entries) > cap:
+        raise ValueError(f"the answer unpacks to more than {cap // MiB} MiB")
 
 
 def _write_all(fd: int, data: bytes) -> None:
@@ -80,8 +114,14 @@ def _write_all(fd: int, data: bytes) -> None:
 class Sandbox:
     """One child process for one submission of one chapter. Use `start()`, `request()`, `close()`."""
 
-    def __init__(self, preamble: str, limits: Limits = Limits(), slot: int = 0):
+    live: set = set()  # pids of this process's running sandbox children
+
+    def __init__(self, preamble: str, limits: Limits = Limits(), slot: int = 0, hide=()):
+        """`hide`: folders to cover with an empty tmpfs in the child (with a mount namespace), besides the
+        repository's book/, _build/ and tests/."""
         self.preamble, self.limits, self.slot = preamble, limits, slot
+        self.hide = [os.path.abspath(h) for h in hide]
+        self._since = 0
         self.proc = None
         self.scratch = None
         self.isolation: dict = {}
@@ -136,13 +176,17 @@ class Sandbox:
         for key in ("ATEN_CPU_CAPABILITY", "MKL_ENABLE_INSTRUCTIONS", "PYTHONPATH"):
             if key in os.environ:
                 env[key] = os.environ[key]
+        set_subreaper()  # what the child leaves behind (a double fork, setsid) comes back here, to be killed
+        self._since = clock_ticks()
         with open(log, "ab") as stderr:
             self.proc = subprocess.Popen(
                 [sys.executable, "-m", "transformer_course.assignments.sandbox"], stdin=subprocess.PIPE,
                 stdout=subprocess.PIPE, stderr=stderr, cwd=self.scratch, env=env, start_new_session=True,
                 close_fds=True)
+        Sandbox.live.add(self.proc.pid)
         config = {"preamble": self.preamble, "limits": asdict(self.limits), "scratch": self.scratch,
-                  "privileged": self.privileged, "uid": self.uid}
+                  "privileged": self.privileged, "uid": self.uid, "hide": hidden_folders(self.hide),
+                  "no_namespaces": namespaces_refused()}
         reply = self.request("start", time.monotonic() + self.limits.startup_s, config=config)
         if not reply["ok"]:
             self.close()
@@ -166,6 +210,7 @@ class Sandbox:
         """
         self._next += 1
         ident = (os.getpid(), self._next)  # unique in a forked checker process too
+        self._awaited = ident
         callbacks = {}
         for key in ("args", "kwargs"):
             if key in fields:
@@ -175,7 +220,7 @@ class Sandbox:
         except (pickle.PicklingError, TypeError, AttributeError) as exc:
             raise SandboxError("crashed", f"the grader could not send the checker's inputs ({exc})") from None
         while True:
-            reply = self._read(deadline)
+            reply = self._read(deadline, ident)
             if isinstance(reply, dict) and reply.get("callback") is not None and reply.get("id") == ident:
                 fn = callbacks.get(reply["callback"])
                 try:
@@ -186,31 +231,39 @@ class Sandbox:
                 continue
             if isinstance(reply, dict) and reply.get("id") == ident:
                 return reply
+            self.close()
+            raise SandboxError("crashed", "the process sent an answer that is not one")
 
     def _send(self, message: dict) -> None:
-        data = _frame(pickle.dumps(message))
+        data = _frame(pickle.dumps(message), message["id"])
         try:
             _write_all(self.proc.stdin.fileno(), data)
         except OSError:
             raise SandboxError("crashed", self._death()) from None
 
-    def _read(self, deadline: float):
+    def _read(self, deadline: float, ident):
+        """The next frame, decoded: it must answer `ident` (checked before decoding) and pass `check_payload`;
+        anything else kills the child (the student's code can write to the pipe)."""
         import torch
 
         fd = self.proc.stdout.fileno()
         cap = self.limits.reply_mib * MiB
         while True:
-            if len(self._buffer) >= 12:
+            if len(self._buffer) >= HEADER:
                 if self._buffer[:4] != MAGIC:
                     self.close()
                     raise SandboxError("crashed", "the process sent something that is not an answer")
-                size = struct.unpack("<Q", self._buffer[4:12])[0]
+                size, pid, number = struct.unpack("<Qqq", self._buffer[4:HEADER])
+                if (pid, number) != tuple(ident):
+                    self.close()
+                    raise SandboxError("crashed", "the process sent an answer to a question the grader did not ask")
                 if size > cap:
                     self.close()
                     raise SandboxError("crashed", f"the answer is larger than the {self.limits.reply_mib} MiB cap")
-                if len(self._buffer) >= 12 + size:
-                    payload, self._buffer = self._buffer[12:12 + size], self._buffer[12 + size:]
+                if len(self._buffer) >= HEADER + size:
+                    payload, self._buffer = self._buffer[HEADER:HEADER + size], self._buffer[HEADER + size:]
                     try:
+                        check_payload(payload, cap)
                         return torch.load(io.BytesIO(payload), weights_only=True)
                     except Exception as exc:  # noqa: BLE001 - anything the child sent that is not plain data
                         self.close()
@@ -267,15 +320,22 @@ class Sandbox:
         if os.getpid() != self._owner:  # in a checker's fork: the owner closes
             return
         if self.proc is not None:
+            Sandbox.live.discard(self.proc.pid)
             for _ in range(250):  # up to 5 s: a fork bomb keeps forking while it is killed
                 try:
                     os.killpg(self.proc.pid, signal.SIGKILL)
                 except (ProcessLookupError, PermissionError):
                     pass
                 left = _kill_uid(self.uid) if self.privileged else 0
+                left += _kill_pids(descendants(self.proc.pid))
                 if self.proc.poll() is not None and not left:
                     break
                 time.sleep(0.02)
+            # orphans (a double fork, setsid) reparented to this process, its subreaper; not other sandboxes'
+            others = set(Sandbox.live)
+            for pid in Sandbox.live:
+                others.update(descendants(pid))
+            kill_strays(self._since, others)
             try:
                 self.proc.wait(timeout=10)
             except subprocess.TimeoutExpired:
@@ -373,6 +433,102 @@ def live_processes(uid: int) -> list:
     return out
 
 
+def set_subreaper() -> bool:
+    """prctl(PR_SET_CHILD_SUBREAPER): orphans among this process's descendants reparent to it, not to init."""
+    try:
+        return ctypes.CDLL(None, use_errno=True).prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) == 0
+    except (OSError, AttributeError):
+        return False
+
+
+def clock_ticks() -> int:
+    """Now, in the unit of /proc/PID/stat's start time (clock ticks since boot)."""
+    with open("/proc/uptime") as f:
+        return int(float(f.read().split()[0]) * os.sysconf("SC_CLK_TCK")) - 1
+
+
+def _processes() -> dict:
+    """{pid: (ppid, start time in clock ticks, state letter)} of every process."""
+    table = {}
+    for name in os.listdir("/proc"):
+        if name.isdigit():
+            try:
+                with open(f"/proc/{name}/stat") as f:
+                    fields = f.read().rsplit(")", 1)[1].split()
+                table[int(name)] = (int(fields[1]), int(fields[19]), fields[0])
+            except (OSError, IndexError, ValueError):
+                continue
+    return table
+
+
+def descendants(root: int, since: int = 0, table=None) -> list:
+    """The live (not zombie) descendants of `root` started at or after `since` (clock ticks), by ppid links."""
+    table = _processes() if table is None else table
+    children: dict = {}
+    for pid, (ppid, _, _) in table.items():
+        children.setdefault(ppid, []).append(pid)
+    found, todo = [], [root]
+    while todo:
+        for pid in children.get(todo.pop(), []):
+            if table[pid][1] >= since and table[pid][2] not in "ZX":
+                found.append(pid)
+            todo.append(pid)
+    return found
+
+
+def _kill_pids(pids) -> int:
+    for pid in pids:
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except (ProcessLookupError, PermissionError):
+            pass
+    return len(pids)
+
+
+def kill_strays(since: int, keep=()) -> list:
+    """Kill this process's descendants started since `since` (clock ticks) except `keep` and theirs; reap
+    those that were its children. Returns those still alive after 5 s (none, unless something is wrong)."""
+    keep = set(keep)
+    left = []
+    for _ in range(250):
+        table = _processes()
+        spared = set(keep)
+        for pid in keep:
+            spared.update(descendants(pid, table=table))
+        left = [p for p in descendants(os.getpid(), since, table) if p not in spared]
+        _kill_pids(left)
+        for pid, (ppid, _, state) in table.items():  # reap the zombies that are ours and nobody else's
+            if ppid == os.getpid() and pid not in spared and table[pid][1] >= since:
+                try:
+                    os.waitpid(pid, os.WNOHANG)
+                except ChildProcessError:
+                    pass
+        if not left:
+            return []
+        time.sleep(0.02)
+    return left
+
+
+def repository_folders() -> list:
+    """book/, _build/ and tests/ beside the installed package, where they exist (a checkout)."""
+    root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    return [os.path.join(root, d) for d in ("book", "_build", "tests") if os.path.isdir(os.path.join(root, d))]
+
+
+def hidden_folders(extra=()) -> list:
+    """The folders the child covers: the repository's and `extra`, except any holding the package or Python
+    (covering those would break the child's imports: they are then left visible, which isolation reports)."""
+    package = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    needed = [os.path.realpath(p) for p in (package, sys.prefix, sys.base_prefix)]
+    out = []
+    for folder in [*repository_folders(), *extra]:
+        real = os.path.realpath(folder)
+        if os.path.isdir(real) and real not in out and \
+                not any(n == real or n.startswith(real.rstrip("/") + "/") for n in needed):
+            out.append(real)
+    return out
+
+
 # ---- the child's side ----
 def _unshare(flags: int) -> bool:
     try:
@@ -380,6 +536,41 @@ def _unshare(flags: int) -> bool:
         return libc.unshare(flags) == 0
     except (OSError, AttributeError):
         return False
+
+
+def _mount(source, target: str, fstype, flags: int, data=None) -> bool:
+    libc = ctypes.CDLL(None, use_errno=True)
+    encode = lambda text: text.encode() if text is not None else None  # noqa: E731
+    return libc.mount(encode(source), encode(target), encode(fstype), ctypes.c_ulong(flags), encode(data)) == 0
+
+
+def _private_mounts(config: dict, uid: int, gid: int) -> dict:
+    """A mount namespace of the child's own: an empty read-only tmpfs over each folder of `config["hide"]`
+    (the book, the other submissions, the manifest's and the results folder), a private tmpfs of `disk_mib`
+    over /tmp, /var/tmp, /dev/shm and the scratch folder. The host's mounts are untouched (MS_PRIVATE)."""
+    info = {"mount_namespace": False, "hidden": [], "private_tmp": [], "not_hidden": []}
+    if not (_unshare(CLONE_NEWNS) and _mount(None, "/", None, MS_REC | MS_PRIVATE)):
+        info["not_hidden"] = list(config["hide"])
+        return info
+    info["mount_namespace"] = True
+    size, scratch = config["limits"]["disk_mib"], config["scratch"]
+    safe = MS_NOSUID | MS_NODEV
+    for folder in PRIVATE_TMP:
+        if os.path.isdir(folder) and _mount("tc-grade", folder, "tmpfs", safe, f"size={size}m,mode=1777"):
+            info["private_tmp"].append(folder)
+    covered = lambda path, top: path == top or path.startswith(top.rstrip("/") + "/")  # noqa: E731
+    for folder in config["hide"]:
+        if any(covered(folder, top) for top in info["private_tmp"]):
+            info["hidden"].append(folder)  # gone with the host's /tmp
+        elif not covered(scratch, folder) and \
+                _mount("tc-grade", folder, "tmpfs", safe | MS_RDONLY, "size=4k,mode=755"):
+            info["hidden"].append(folder)
+        else:
+            info["not_hidden"].append(folder)
+    os.makedirs(scratch, exist_ok=True)  # inside the private /tmp: the same path, a fresh folder
+    if _mount("tc-grade", scratch, "tmpfs", safe, f"size={size}m,mode=700,uid={uid},gid={gid}"):
+        info["private_tmp"].append(scratch)
+    return info
 
 
 def _apply_limits(config: dict) -> dict:
@@ -399,6 +590,7 @@ def _apply_limits(config: dict) -> dict:
         info["network_namespace"] = _unshare(CLONE_NEWNET)
         info["pid_namespace"] = _unshare(CLONE_NEWPID)
         uid = config["uid"]
+        info.update(_private_mounts(config, uid, uid))
         _keep_import_paths()
         os.setgroups([])
         os.setgid(uid)
@@ -407,7 +599,7 @@ def _apply_limits(config: dict) -> dict:
     else:
         uid, gid = os.getuid(), os.getgid()
         info["network_namespace"] = False
-        if _unshare(CLONE_NEWUSER | CLONE_NEWNET):
+        if not config["no_namespaces"] and _unshare(CLONE_NEWUSER | CLONE_NEWNET):
             try:  # map ourselves to the same ids, so that files keep their owner
                 with open("/proc/self/setgroups", "w") as f:
                     f.write("deny")
@@ -418,9 +610,13 @@ def _apply_limits(config: dict) -> dict:
                 info["network_namespace"] = True
             except OSError:
                 info["network_namespace"] = True  # the namespace exists; the ids are unmapped
-        elif os.geteuid() == 0:  # forced fallback as root: a network namespace needs no user namespace
+            info.update(_private_mounts(config, uid, gid))  # the user namespace may mount tmpfs
+        elif os.geteuid() == 0 and not config["no_namespaces"]:  # forced fallback as root: no user namespace needed
             info["network_namespace"] = _unshare(CLONE_NEWNET)
         info["pid_namespace"] = False
+        info.setdefault("mount_namespace", False)
+        info.setdefault("hidden", [])
+        info.setdefault("not_hidden", list(config["hide"]))
         info["uid"] = os.getuid()
     info["limits"] = {k: limits[k] for k in ("cpu_s", "memory_mib", "output_mib", "nproc")}
     return info
@@ -483,12 +679,12 @@ def _child_main() -> None:
     cap = MiB
 
     def read_message():
-        header = _read_exact(reader, 12)
+        header = _read_exact(reader, HEADER)
         if header is None:
             return None
         if header[:4] != MAGIC:
             os._exit(3)
-        return pickle.loads(_read_exact(reader, struct.unpack("<Q", header[4:])[0]))
+        return pickle.loads(_read_exact(reader, struct.unpack("<Qqq", header[4:])[0]))
 
     def reply(ident, ok, value=None, error=None):
         buffer = io.BytesIO()
@@ -508,14 +704,14 @@ def _child_main() -> None:
             torch.save({"id": ident, "ok": False, "value": None,
                         "error": f"the answer is {len(data) / MiB:.0f} MiB, over the cap"}, buffer)
             data = buffer.getvalue()
-        _write_all(proto_out, _frame(data))
+        _write_all(proto_out, _frame(data, ident))
 
     current = [None]  # the id of the request being served, for callbacks
 
     def call_back(key, args, kwargs):
         buffer = io.BytesIO()
         torch.save({"id": current[0], "callback": key, "args": args, "kwargs": kwargs}, buffer)
-        _write_all(proto_out, _frame(buffer.getvalue()))
+        _write_all(proto_out, _frame(buffer.getvalue(), current[0]))
         answer = read_message()
         if answer is None:
             os._exit(0)
@@ -532,7 +728,9 @@ def _child_main() -> None:
             return {k: unwrap(v) for k, v in value.items()}
         return value
 
-    base: dict = {"__name__": "__main__", "__builtins__": __builtins__}
+    # a notebook's display() and get_ipython() do nothing here, so a cell using them runs as it does locally
+    base: dict = {"__name__": "__main__", "__builtins__": __builtins__, "display": _display,
+                  "get_ipython": lambda: _NoIPython()}
     spaces: dict = {}
     while True:
         message = read_message()
@@ -578,6 +776,17 @@ def _child_main() -> None:
                 reply(ident, False, error=_describe(exc), value=None)
             except BaseException:  # noqa: BLE001
                 os._exit(4)
+
+
+def _display(*args, **kwargs):
+    return None
+
+
+class _NoIPython:
+    """What get_ipython() returns in the sandbox: every method does nothing."""
+
+    def __getattr__(self, name):
+        return _display
 
 
 def _read_exact(reader, n: int):

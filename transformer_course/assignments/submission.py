@@ -24,6 +24,23 @@ class Statement:
     node: ast.stmt
     binds: set
     uses: set
+    now: set = None  # the names it reads when it runs: for a def or class, only its decorators, defaults, bases
+
+
+def _header_uses(node) -> set:
+    """The names a statement reads when it runs: a function body's run later, when called (by then any cell
+    may have bound them); a class body runs now, its methods' bodies later."""
+    if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+        a = node.args
+        args = a.posonlyargs + a.args + a.kwonlyargs + [x for x in (a.vararg, a.kwarg) if x]
+        exprs = [*node.decorator_list, *a.defaults, *[d for d in a.kw_defaults if d], node.returns,
+                 *[x.annotation for x in args]]
+    elif isinstance(node, ast.ClassDef):
+        exprs = [*node.decorator_list, *node.bases, *[k.value for k in node.keywords]]
+        return used_names(ast.Module([ast.Expr(e) for e in exprs], [])).union(*(_header_uses(b) for b in node.body))
+    else:
+        return used_names(ast.Module([node], []))
+    return used_names(ast.Module([ast.Expr(e) for e in exprs if e is not None], []))
 
 
 @dataclass
@@ -61,7 +78,8 @@ def parse_cells(nb: dict) -> list:
                 if is_checker_statement(node):
                     continue
                 module = ast.Module([node], [])
-                cell.statements.append(Statement(node, set(defined_names(module)), used_names(module)))
+                cell.statements.append(Statement(node, set(defined_names(module)), used_names(module),
+                                                 _header_uses(node)))
         cells.append(cell)
     return cells
 
@@ -86,12 +104,13 @@ def _essential(cell, name) -> list:
 
 
 def _kept_text(cell, available: set) -> str:
-    """The cell's source with the statements that could not run blanked (line numbers kept)."""
+    """The cell's source with the statements that could not run blanked (line numbers kept). A def needs only
+    its decorators and defaults: its body may use a helper defined below it, in this cell or another."""
     lines = cell.text.split("\n")
     have = set(available)
     keep = [False] * len(lines)
     for s in cell.statements:
-        if s.uses <= have:
+        if s.now <= have:
             have |= s.binds
             for line in range(s.node.lineno - 1, s.node.end_lineno):
                 keep[line] = True
