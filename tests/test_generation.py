@@ -253,3 +253,30 @@ def test_stop_token_on_the_shipped_model():
     out = generate(model, idx, 100, greedy=True, stop_token=tokenizer.eot_id)
     assert out[0, -1].item() == tokenizer.eot_id and out.shape[1] < idx.shape[1] + 100
     assert tokenizer.eot_id not in out[0, :-1].tolist()
+
+
+def test_a_cached_step_costs_weights_plus_linear_attention_and_an_uncached_step_t_times_it():
+    """FLOPs counted by PyTorch's FlopCounterMode (matmuls only): one new token at position t costs
+    2 FLOPs per weight of every Linear and the LM head, plus 4 * L * d_model * t for q k^T and the
+    weighted sum of v over the cache; without the cache the step redoes all t positions: t times that."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    c = GPTConfig.gpt2_like(vocab_size=V, context_length=64, n_layers=2, n_heads=2, d_model=16)
+    torch.manual_seed(0)
+    model = GPT(c).eval()
+    seq = torch.randint(0, V, (1, 64), generator=torch.Generator().manual_seed(0))
+    linear = sum(m.weight.numel() for m in model.blocks.modules() if isinstance(m, torch.nn.Linear))
+    linear += model.lm_head.weight.numel()  # (V, d_model), tied to the token table
+
+    def flops(fn):
+        with FlopCounterMode(display=False) as counter, torch.no_grad():
+            fn()
+        return counter.get_total_flops()
+
+    for t in (8, 32, 64):
+        cache = model.new_cache(1, t)
+        with torch.no_grad():
+            model(seq[:, : t - 1], cache=cache)
+        cached = flops(lambda: model(seq[:, t - 1: t], cache=cache))
+        assert cached == 2 * linear + 4 * c.n_layers * c.d_model * t
+        assert flops(lambda: model(seq[:, :t])) == t * cached

@@ -423,3 +423,28 @@ def test_sequential_sampling_reads_each_token_once():
     with pytest.raises(ValueError, match="sampling"):
         small_cfg(sampling="shuffled")
     assert "sampling" not in small_cfg().to_dict() and cfg.to_dict()["sampling"] == "sequential"
+
+
+def test_cross_entropy_is_minus_log_p_of_the_target():
+    """The model's loss == -log softmax(logits)[target], averaged over positions == F.cross_entropy."""
+    torch.manual_seed(0)
+    model = GPT(GPTConfig(vocab_size=50, context_length=16, n_layers=1, n_heads=2, d_model=16))
+    x = torch.randint(0, 50, (3, 16))
+    y = torch.randint(0, 50, (3, 16))
+    logits, loss = model(x, y)
+    by_hand = -(logits.softmax(-1).gather(-1, y[..., None]).log()).mean()
+    assert torch.allclose(loss, by_hand, atol=1e-6)
+    assert torch.allclose(loss, F.cross_entropy(logits.view(-1, 50), y.view(-1)), atol=1e-6)
+
+
+@pytest.mark.parametrize("vocab_size", [64, 1024])
+def test_a_fresh_model_starts_near_ln_v(vocab_size):
+    """At the 0.02 init the logits are near zero, so the prediction is near uniform: loss ~ ln V (a bit
+    above it, by about half the logit variance); a model that starts far from ln V is initialised wrong."""
+    torch.manual_seed(0)
+    model = GPT(GPTConfig(vocab_size=vocab_size, context_length=32, n_layers=2, n_heads=2, d_model=32))
+    x = torch.randint(0, vocab_size, (8, 32))
+    with torch.no_grad():
+        logits, loss = model(x, x.roll(-1, 1))
+    excess = logits.var(-1).mean().item() / 2
+    assert math.log(vocab_size) - 0.02 <= loss.item() <= math.log(vocab_size) + excess + 0.05
