@@ -47,7 +47,7 @@ from dataclasses import asdict, dataclass
 
 MAGIC = b"TCG1"
 CLONE_NEWNET, CLONE_NEWPID, CLONE_NEWUSER, CLONE_NEWNS = 0x40000000, 0x20000000, 0x10000000, 0x00020000
-MS_RDONLY, MS_NOSUID, MS_NODEV, MS_REC, MS_PRIVATE = 1, 2, 4, 1 << 14, 1 << 18
+MS_RDONLY, MS_NOSUID, MS_NODEV, MS_BIND, MS_REC, MS_PRIVATE = 1, 2, 4, 1 << 12, 1 << 14, 1 << 18
 PR_SET_CHILD_SUBREAPER = 36
 PRIVATE_TMP = ("/tmp", "/var/tmp", "/dev/shm")
 MiB = 1 << 20
@@ -515,11 +515,16 @@ def repository_folders() -> list:
     return [os.path.join(root, d) for d in ("book", "_build", "tests") if os.path.isdir(os.path.join(root, d))]
 
 
+def needed_folders() -> list:
+    """What the child must still reach: the folder holding the package, and Python's prefixes."""
+    package = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    return [os.path.realpath(p) for p in (package, sys.prefix, sys.base_prefix)]
+
+
 def hidden_folders(extra=()) -> list:
     """The folders the child covers: the repository's and `extra`, except any holding the package or Python
     (covering those would break the child's imports: they are then left visible, which isolation reports)."""
-    package = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    needed = [os.path.realpath(p) for p in (package, sys.prefix, sys.base_prefix)]
+    needed = needed_folders()
     out = []
     for folder in [*repository_folders(), *extra]:
         real = os.path.realpath(folder)
@@ -548,19 +553,35 @@ def _private_mounts(config: dict, uid: int, gid: int) -> dict:
     """A mount namespace of the child's own: an empty read-only tmpfs over each folder of `config["hide"]`
     (the book, the other submissions, the manifest's and the results folder), a private tmpfs of `disk_mib`
     over /tmp, /var/tmp, /dev/shm and the scratch folder. The host's mounts are untouched (MS_PRIVATE)."""
-    info = {"mount_namespace": False, "hidden": [], "private_tmp": [], "not_hidden": []}
+    info = {"mount_namespace": False, "hidden": [], "private_tmp": [], "not_hidden": [], "bound_back": []}
     if not (_unshare(CLONE_NEWNS) and _mount(None, "/", None, MS_REC | MS_PRIVATE)):
         info["not_hidden"] = list(config["hide"])
         return info
     info["mount_namespace"] = True
     size, scratch = config["limits"]["disk_mib"], config["scratch"]
     safe = MS_NOSUID | MS_NODEV
-    for folder in PRIVATE_TMP:
-        if os.path.isdir(folder) and _mount("tc-grade", folder, "tmpfs", safe, f"size={size}m,mode=1777"):
-            info["private_tmp"].append(folder)
     covered = lambda path, top: path == top or path.startswith(top.rstrip("/") + "/")  # noqa: E731
+    for folder in PRIVATE_TMP:
+        if not os.path.isdir(folder):
+            continue
+        # The course itself may live under /tmp (a fresh clone): keep a handle on each needed folder
+        # there, cover the folder, then bind the host's copy back at the same path.
+        inside = [n for n in needed_folders() if covered(n, folder)]
+        handles = [os.open(n, os.O_PATH | os.O_DIRECTORY) for n in inside]
+        try:
+            if not _mount("tc-grade", folder, "tmpfs", safe, f"size={size}m,mode=1777"):
+                continue
+            info["private_tmp"].append(folder)
+            for path, fd in zip(inside, handles):
+                os.makedirs(path, exist_ok=True)
+                if _mount(f"/proc/self/fd/{fd}", path, None, MS_BIND | MS_REC):
+                    info["bound_back"].append(path)
+        finally:
+            for fd in handles:
+                os.close(fd)
     for folder in config["hide"]:
-        if any(covered(folder, top) for top in info["private_tmp"]):
+        if any(covered(folder, top) for top in info["private_tmp"]) and \
+                not any(covered(folder, back) for back in info["bound_back"]):
             info["hidden"].append(folder)  # gone with the host's /tmp
         elif not covered(scratch, folder) and \
                 _mount("tc-grade", folder, "tmpfs", safe | MS_RDONLY, "size=4k,mode=755"):
