@@ -18,3 +18,10 @@ def assert_survives_exceptions_and_hangs(check) -> None:
     started = time.perf_counter()
     result = check(hang)
     assert not result.passed and time.perf_counter() - started < HANG_LIMIT_S
+
+
+def message(check, answer) -> str:
+    """The hint `check` gives `answer`, which must fail."""
+    result = check(answer)
+    assert not result.passed, result.message
+    return result.message

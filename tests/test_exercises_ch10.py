@@ -6,6 +6,7 @@ import torch
 import torch.nn.functional as F
 
 from transformer_course.exercises import ch10
+from checker_robustness import message
 
 
 def gelu_tanh(x):
@@ -41,12 +42,6 @@ def test_reference_answers_pass():
     # Llama 3 8B by hand: 3 * 4096 * 14336 FFN weights against 2 * 4096^2 + 2 * 4096 * 1024 attention weights
     assert abs(ffn_share(4096, 14336, 32, 8, True) - 176_160_768 / 218_103_808) < 1e-12
     assert "80.8%" in ch10.check_ffn_share(ffn_share).message
-
-
-def message(check, answer):
-    result = check(answer)
-    assert not result.passed
-    return result.message
 
 
 def test_gelu_hints():

@@ -6,7 +6,7 @@ import torch
 import torch.nn.functional as F
 
 from transformer_course.exercises import ch13
-from checker_robustness import assert_survives_exceptions_and_hangs
+from checker_robustness import assert_survives_exceptions_and_hangs, message
 
 
 def first_adamw_step(theta, grad, lr, weight_decay, eps):
@@ -42,12 +42,6 @@ def lr_1000_by_hand():
     # 1500 updates, warm-up 100, lr 3e-3 -> 3e-4: the cosine runs over updates 100..1499
     progress = (1000 - 100) / (1499 - 100)
     return 3e-4 + 0.5 * (1 + math.cos(math.pi * progress)) * (3e-3 - 3e-4)
-
-
-def message(check, answer):
-    result = check(answer)
-    assert not result.passed
-    return result.message
 
 
 def test_reference_answers_pass():

@@ -6,7 +6,7 @@ import torch
 from transformers.generation.logits_process import MinPLogitsWarper
 
 from transformer_course.exercises import ch14
-from checker_robustness import assert_survives_exceptions_and_hangs
+from checker_robustness import assert_survives_exceptions_and_hangs, message
 
 
 def min_p_filter(logits, min_p):
@@ -21,12 +21,6 @@ def min_p_filter(logits, min_p):
 def expected_tokens(alpha, k):
     # the sum of P(the round emits at least i tokens) = alpha^(i-1), i = 1..k+1, term by term
     return sum(alpha ** i for i in range(k + 1))
-
-
-def message(check, answer):
-    result = check(answer)
-    assert not result.passed, result.message
-    return result.message
 
 
 def test_reference_answers_pass():
